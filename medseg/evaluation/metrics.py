@@ -1,0 +1,333 @@
+"""Spacing-aware segmentation metrics on integer label maps, computed with NumPy and SciPy.
+
+The surface metrics follow MONAI's conventions (``monai.metrics``) so that numbers agree with
+``HausdorffDistanceMetric``, ``SurfaceDistanceMetric(symmetric=True)`` and ``SurfaceDiceMetric``:
+
+- a *surface* (edge) voxel is a foreground voxel with at least one face neighbour outside the
+  mask; voxels beyond the array border count as background;
+- distances go from every edge voxel of one mask to the nearest edge voxel of the other, in the
+  physical units of ``spacing``;
+- ``hd`` is the largest of all those distances; ``hd95`` the larger of the two directed 95th
+  percentiles (linear interpolation, as ``torch.quantile``);
+- ``assd`` is the mean of the concatenation of both directed distance sets;
+- ``nsd`` (normalised surface Dice) is the fraction of edge voxels of both masks lying within
+  ``nsd_tolerance`` of the other surface.
+
+Nothing here imports torch, so metrics can be computed in light worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["METRIC_NAMES", "compute_metrics", "dice_per_label", "metrics_to_rows", "summarize"]
+
+METRIC_NAMES: tuple[str, ...] = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "volume_difference",
+    "hd",
+    "hd95",
+    "assd",
+    "nsd",
+)
+"""The keys of the per-label dictionaries :func:`compute_metrics` returns, in report order."""
+
+_SUMMARY_KEYS = ("mean", "std", "median", "n", "n_nan", "n_inf")
+
+
+def _as_label_map(array: object, name: str) -> np.ndarray:
+    """Return ``array`` as an integer NumPy array; floats are accepted when all values are whole."""
+    array = np.asarray(array)
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        return array
+    if np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0):
+        return array.astype(np.int64)
+    raise TypeError(
+        f"{name} must be an integer label map, got dtype {array.dtype} with non-integer values; "
+        f"convert it with np.rint({name}).astype(int) or take the argmax of probabilities first."
+    )
+
+
+def _check_inputs(prediction: object, reference: object) -> tuple[np.ndarray, np.ndarray]:
+    prediction = _as_label_map(prediction, "prediction")
+    reference = _as_label_map(reference, "reference")
+    if prediction.shape != reference.shape:
+        raise ValueError(
+            f"prediction and reference must have the same shape, got {prediction.shape} and "
+            f"{reference.shape}; resample the prediction onto the reference grid first."
+        )
+    if prediction.ndim not in (2, 3):
+        raise ValueError(
+            f"prediction and reference must be 2D or 3D label maps (*spatial), got shape "
+            f"{prediction.shape}; drop channel/batch axes first."
+        )
+    return prediction, reference
+
+
+def _check_spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.ndarray:
+    if spacing is None:
+        return np.ones(ndim)
+    values = np.asarray(spacing, dtype=np.float64)
+    if values.ndim == 0:
+        values = np.full(ndim, float(values))
+    if values.shape != (ndim,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(
+            f"spacing must be one positive number or {ndim} positive numbers (one per axis), "
+            f"got {spacing!r}."
+        )
+    return values
+
+
+def _resolve_labels(
+    prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int] | None
+) -> list[int]:
+    if labels is None:
+        present = np.union1d(np.unique(prediction), np.unique(reference))
+        return [int(label) for label in present if label != 0]
+    return [int(label) for label in labels]
+
+
+def _divide(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, or NaN for 0/0 (MONAI's ConfusionMatrixMetric convention)."""
+    return float(numerator) / float(denominator) if denominator else math.nan
+
+
+def _overlap_metrics(pred: np.ndarray, ref: np.ndarray, voxel_volume: float) -> dict[str, float]:
+    tp = int(np.count_nonzero(pred & ref))
+    n_pred = int(np.count_nonzero(pred))
+    n_ref = int(np.count_nonzero(ref))
+    fp, fn = n_pred - tp, n_ref - tp
+    tn = pred.size - tp - fp - fn
+    both_empty = n_pred == 0 and n_ref == 0
+    return {
+        "dice": 1.0 if both_empty else 2.0 * tp / (n_pred + n_ref),
+        "iou": 1.0 if both_empty else tp / (tp + fp + fn),
+        "precision": 1.0 if both_empty else _divide(tp, n_pred),
+        "recall": 1.0 if both_empty else _divide(tp, n_ref),
+        "specificity": _divide(tn, tn + fp),
+        "volume_difference": (n_pred - n_ref) * voxel_volume,
+    }
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Foreground voxels with a face neighbour in the background (outside counts as background)."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _surface_distances(
+    pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances pred-edge -> nearest ref-edge and ref-edge -> nearest pred-edge, both non-empty."""
+    union = pred | ref
+    box = tuple(
+        slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(union)
+    )  # bounding box of both masks
+    pred = np.pad(pred[box], 1)  # + 1 voxel of background margin, as MONAI's cropping
+    ref = np.pad(ref[box], 1)
+    edges_pred, edges_ref = _edges(pred), _edges(ref)
+    to_ref = ndimage.distance_transform_edt(~edges_ref, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~edges_pred, sampling=spacing)
+    return to_ref[edges_pred], to_pred[edges_ref]
+
+
+def _distance_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, tolerance: float
+) -> dict[str, float]:
+    has_pred, has_ref = bool(pred.any()), bool(ref.any())
+    if not has_pred and not has_ref:
+        return {"hd": 0.0, "hd95": 0.0, "assd": 0.0, "nsd": 1.0}
+    if not has_pred or not has_ref:
+        return {"hd": math.inf, "hd95": math.inf, "assd": math.inf, "nsd": 0.0}
+    pred_to_ref, ref_to_pred = _surface_distances(pred, ref, spacing)
+    both = np.concatenate([pred_to_ref, ref_to_pred])
+    return {
+        "hd": float(both.max()),
+        "hd95": float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))),
+        "assd": float(both.mean()),
+        "nsd": float(np.count_nonzero(both <= tolerance) / both.size),
+    }
+
+
+def compute_metrics(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    labels: Iterable[int] | None = None,
+    nsd_tolerance: float = 1.0,
+) -> dict[int, dict[str, float]]:
+    """Overlap, volume and surface metrics of a predicted label map against a reference.
+
+    Metrics per label (keys of :data:`METRIC_NAMES`): ``dice``, ``iou``, ``precision``,
+    ``recall``, ``specificity``; ``volume_difference`` = predicted volume - reference volume in
+    physical units (mm^3 in 3D, mm^2 in 2D with spacing in mm; signed, positive means
+    over-segmentation); ``hd``, ``hd95``, ``assd`` in the units of ``spacing``; ``nsd`` in [0, 1].
+    Surface metrics follow MONAI (see the module docstring).
+
+    Empty masks never raise. For a label absent from both arrays (only when ``labels`` names
+    it) the agreement is perfect: dice, iou, precision, recall and nsd are 1.0, hd, hd95, assd
+    and volume_difference 0.0 (MONAI's ``DiceMetric(ignore_empty=False)`` convention; MONAI's
+    distance metrics give NaN there). For a label present in only one array: dice, iou and nsd
+    are 0.0 and hd, hd95, assd are ``inf`` (as MONAI, whose hd95 turns the infinities into NaN
+    through ``torch.quantile``); precision is NaN when the prediction is
+    empty and recall NaN when the reference is empty (0/0, MONAI's ``ConfusionMatrixMetric``
+    convention), 0.0 otherwise. specificity is NaN only when the reference fills the image.
+
+    Args:
+        prediction: predicted integer label map, shape ``(*spatial)``, 2D or 3D, in nibabel index
+            order. Float arrays with whole values are accepted.
+        reference: reference label map of the same shape.
+        spacing: voxel size per axis (or one number for all axes); ``None`` means 1.0.
+        labels: labels to score; ``None`` scores every non-zero label present in either array.
+        nsd_tolerance: distance (in the units of ``spacing``) within which a surface voxel counts
+            as correct for ``nsd``; MONAI's ``class_thresholds=[nsd_tolerance]``.
+
+    Returns:
+        ``{label: {metric: value}}`` with Python floats.
+
+    Raises:
+        ValueError: on shape mismatch, non-2D/3D input, bad spacing or tolerance.
+        TypeError: when a label map holds non-integer values.
+
+    Example:
+        >>> ref = np.zeros((8, 8), int); ref[2:6, 2:6] = 1
+        >>> compute_metrics(ref, ref)[1]["dice"]
+        1.0
+    """
+    prediction, reference = _check_inputs(prediction, reference)
+    spacing_array = _check_spacing(spacing, prediction.ndim)
+    if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise ValueError(f"nsd_tolerance must be a finite number >= 0, got {nsd_tolerance!r}.")
+    voxel_volume = float(np.prod(spacing_array))
+    results: dict[int, dict[str, float]] = {}
+    for label in _resolve_labels(prediction, reference, labels):
+        pred, ref = prediction == label, reference == label
+        values = _overlap_metrics(pred, ref, voxel_volume)
+        values.update(_distance_metrics(pred, ref, spacing_array, float(nsd_tolerance)))
+        results[label] = {name: float(values[name]) for name in METRIC_NAMES}
+    return results
+
+
+def dice_per_label(
+    prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]
+) -> dict[int, float]:
+    """Dice per label in one pass over the arrays (no surface metrics); a fast path for training.
+
+    A label absent from both arrays scores 1.0, one absent from only one array 0.0, as in
+    :func:`compute_metrics`.
+
+    Args:
+        prediction: predicted integer label map, any shape.
+        reference: reference label map of the same shape.
+        labels: the labels to score.
+
+    Returns:
+        ``{label: dice}``.
+
+    Example:
+        >>> dice_per_label(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, 2])
+        {1: 0.6666666666666666, 2: 0.6666666666666666}
+    """
+    prediction = _as_label_map(prediction, "prediction").ravel()
+    reference = _as_label_map(reference, "reference").ravel()
+    if prediction.shape != reference.shape:
+        raise ValueError(
+            f"prediction and reference must have the same number of voxels, got "
+            f"{prediction.size} and {reference.size}."
+        )
+    labels = [int(label) for label in labels]
+    if not labels:
+        return {}
+    low, high = min(labels), max(labels)
+    if high - low > 65535:  # sparse label values: count one label at a time
+        n_pred = {k: np.count_nonzero(prediction == k) for k in labels}
+        n_ref = {k: np.count_nonzero(reference == k) for k in labels}
+        n_both = {k: np.count_nonzero((prediction == k) & (reference == k)) for k in labels}
+        low = 0
+    else:  # one bincount per array; labels outside [low, high] go to an extra, ignored bin
+        size = high - low + 2
+        pred_bins = np.where((prediction >= low) & (prediction <= high), prediction - low, size - 1)
+        ref_bins = np.where((reference >= low) & (reference <= high), reference - low, size - 1)
+        n_pred = np.bincount(pred_bins, minlength=size)
+        n_ref = np.bincount(ref_bins, minlength=size)
+        n_both = np.bincount(pred_bins[pred_bins == ref_bins], minlength=size)
+    result = {}
+    for label in labels:
+        k = label - low
+        total = n_pred[k] + n_ref[k]
+        result[label] = 1.0 if total == 0 else float(2.0 * n_both[k] / total)
+    return result
+
+
+def metrics_to_rows(
+    metrics: Mapping[int, Mapping[str, float]], *, case: str, fold: int | None = None
+) -> list[dict[str, object]]:
+    """Flatten one case's :func:`compute_metrics` result into rows for :func:`summarize`/reports.
+
+    Example:
+        >>> metrics_to_rows({1: {"dice": 0.5}}, case="c1", fold=0)
+        [{'fold': 0, 'case': 'c1', 'label': 1, 'dice': 0.5}]
+    """
+    return [
+        {"fold": fold, "case": case, "label": int(label), **dict(values)}
+        for label, values in metrics.items()
+    ]
+
+
+def _describe(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    nan, inf = np.isnan(array), np.isinf(array)
+    finite = array[~nan & ~inf]
+    stats = (
+        (float(finite.mean()), float(finite.std()), float(np.median(finite)))
+        if finite.size
+        else (math.nan, math.nan, math.nan)
+    )
+    return dict(
+        zip(_SUMMARY_KEYS, (*stats, int(finite.size), int(nan.sum()), int(inf.sum())), strict=True)
+    )
+
+
+def summarize(rows: Iterable[Mapping[str, object]]) -> dict[int, dict[str, dict[str, float]]]:
+    """Mean, standard deviation and median per label and metric over per-case rows.
+
+    Statistics use finite values only: NaN is ignored and infinite values (a surface distance
+    when one mask is empty) are left out of the statistics but counted in ``n_inf``, so a mean
+    HD95 always reads with how many cases had no surface. ``std`` is the population standard
+    deviation (``numpy.std``, ddof=0). A metric with no finite value has NaN statistics.
+
+    Args:
+        rows: dicts holding ``label`` and metric keys (others, e.g. ``fold`` and ``case``, are
+            ignored), as :func:`metrics_to_rows` gives.
+
+    Returns:
+        ``{label: {metric: {"mean", "std", "median", "n", "n_nan", "n_inf"}}}``, labels sorted,
+        metrics in :data:`METRIC_NAMES` order.
+
+    Example:
+        >>> summarize([{"label": 1, "dice": 0.5}, {"label": 1, "dice": 1.0}])[1]["dice"]["mean"]
+        0.75
+    """
+    collected: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        if "label" not in row:
+            raise ValueError(f"each row needs a 'label' key, got keys {sorted(row)}.")
+        per_metric = collected.setdefault(int(row["label"]), {})
+        for name in METRIC_NAMES:
+            if name in row and row[name] is not None:
+                per_metric.setdefault(name, []).append(float(row[name]))
+    return {
+        label: {
+            name: _describe(collected[label][name])
+            for name in METRIC_NAMES
+            if name in collected[label]
+        }
+        for label in sorted(collected)
+    }

@@ -149,9 +149,9 @@ def spatial_axes(x: torch.Tensor, batch: bool = False) -> list[int]:
 
 
 def check_flag(value: object, argument: str) -> bool:
-    """Return ``value`` if it is a bool, else raise a ``TypeError`` naming ``argument``."""
+    """Return ``value`` if it is a bool, else raise a ``ValueError`` naming ``argument``."""
     if not isinstance(value, bool):
-        raise TypeError(f"{argument} must be True or False, got {value!r}.")
+        raise ValueError(f"{argument} must be True or False, got {value!r}.")
     return value
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "norm_layer",
     "pad_to_multiple",
     "transposed_conv_type",
+    "upsample_to",
 ]
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -162,7 +163,9 @@ class ResidualBlock(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int | Sequence[int]
+) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Zero-pad the spatial axes of ``x`` at their far end up to a multiple of ``multiple``.
 
     Padding at the far end keeps voxel ``j`` of a stride-``s`` feature map aligned with voxels
@@ -171,21 +174,30 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
     Args:
         x: ``(B, C, *spatial)``.
-        multiple: the network's total stride.
+        multiple: the network's total stride, one for all axes or one per axis.
 
     Returns:
         The padded tensor and the original spatial shape (for :func:`crop_to`).
     """
     shape = tuple(x.shape[2:])
-    target = [max(1, math.ceil(s / multiple)) * multiple for s in shape]
-    if multiple > 1 and all(t == multiple for t in target):
-        target[-1] = 2 * multiple
+    steps = [multiple] * len(shape) if isinstance(multiple, int) else list(multiple)
+    target = [max(1, math.ceil(s / k)) * k for s, k in zip(shape, steps, strict=True)]
+    if any(k > 1 for k in steps) and target == steps:
+        target[-1] = 2 * steps[-1]
     pad: list[int] = []
     for size, goal in zip(reversed(shape), reversed(target), strict=True):
         pad += [0, goal - size]
     if any(pad):
         x = F.pad(x, pad)
     return x, shape
+
+
+def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(Bi/tri)linear resize of ``(B, C, *spatial)`` to ``size`` (no-op when already there)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
 def crop_to(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

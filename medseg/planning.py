@@ -134,6 +134,7 @@ def fingerprint_dataset(dataset: Dataset, *, workers: int = 4) -> tuple[Fingerpr
         spacings=tuple(tuple(f["spacing"]) for f in facts),
         shapes=tuple(tuple(f["shape"]) for f in facts),
         intensity=tuple(stats),
+        classes=tuple(classes),
     )
     return fingerprint, classes
 
@@ -154,7 +155,11 @@ def _pools(shape: Sequence[float], spatial_dims: int) -> int:
 
 
 def plan_dataset(
-    dataset: Dataset, *, spatial_dims: int | None = None, device: str = "cpu"
+    dataset: Dataset,
+    *,
+    spatial_dims: int | None = None,
+    device: str = "cpu",
+    fingerprint: Fingerprint | None = None,
 ) -> Plan:
     """Derive a :class:`Plan` from the data.
 
@@ -162,11 +167,15 @@ def plan_dataset(
         dataset: the training cases.
         spatial_dims: 2 trains slice by slice on 3D data; default the data's own dimensionality.
         device: ``"cpu"`` or ``"cuda"``; sets the compute budget for patch and batch size.
+        fingerprint: a fingerprint already read (else it is read here).
 
     Example:
         >>> plan = plan_dataset(MSDDataset("Task04_Hippocampus"))  # doctest: +SKIP
     """
-    fingerprint, classes = fingerprint_dataset(dataset)
+    if fingerprint is None:
+        fingerprint, classes = fingerprint_dataset(dataset)
+    else:
+        classes = list(fingerprint.classes)
     data_dims = len(fingerprint.shapes[0])
     spatial_dims = spatial_dims or data_dims
     if spatial_dims not in (2, 3) or spatial_dims > data_dims:

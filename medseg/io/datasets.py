@@ -22,7 +22,7 @@ from .files import case_id_of, full_suffix
 from .readers import READERS, Image2DIO, read_image_file
 from .sample import Sample
 
-__all__ = ["CaseFiles", "Dataset", "FolderDataset", "MSDDataset", "find_images", "open_dataset"]
+__all__ = ["CaseFiles", "Dataset", "FolderDataset", "MSDDataset", "find_images", "load_image", "open_dataset"]
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _LABEL_SUFFIXES = ("_mask", "_label", "_labels", "_seg", "_segmentation")

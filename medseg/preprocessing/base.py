@@ -23,11 +23,13 @@ class Fingerprint:
         shapes: one spatial shape per case.
         intensity: per channel, statistics of the foreground voxels (``mean``, ``std``,
             ``p00_5``, ``p99_5``); empty when not gathered.
+        classes: the label values found.
     """
 
     spacings: tuple[tuple[float, ...], ...]
     shapes: tuple[tuple[int, ...], ...]
     intensity: tuple[dict[str, float], ...] = field(default_factory=tuple)
+    classes: tuple[int, ...] = field(default_factory=tuple)
 
     @property
     def median_spacing(self) -> tuple[float, ...]:

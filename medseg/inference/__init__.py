@@ -1,0 +1,14 @@
+"""Sliding-window inference, test-time augmentation, ensembles and postprocessing."""
+
+from .postprocess import keep_largest_component
+from .predictor import InferenceConfig, predict_probabilities
+from .sliding_window import importance_map, sliding_window_inference, window_starts
+
+__all__ = [
+    "InferenceConfig",
+    "importance_map",
+    "keep_largest_component",
+    "predict_probabilities",
+    "sliding_window_inference",
+    "window_starts",
+]

@@ -1,0 +1,105 @@
+"""Whole-case prediction: sliding window (3D, or slice by slice for 2D networks on 3D data),
+optional mirroring test-time augmentation, and fold ensembles."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .sliding_window import sliding_window_inference
+
+__all__ = ["InferenceConfig", "predict_probabilities"]
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a Pipeline predicts.
+
+    Args:
+        overlap: window overlap (nnU-Net: 0.5).
+        mode: ``"gaussian"`` or ``"constant"`` blending.
+        sw_batch_size: windows per forward pass.
+        mirror: test-time augmentation by mirroring along every spatial axis (2**dims passes).
+        largest_component: keep only the largest connected component of each class; ``None``
+            lets :meth:`Pipeline.fit` decide on the validation cases.
+    """
+
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 4
+    mirror: bool = False
+    largest_component: bool | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _forward(network: nn.Module, mirror_axes: Sequence[int]):
+    """``x -> mean softmax over the mirror images of x`` (just ``softmax(net(x))`` without axes)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        combos = [()] + [c for r in range(1, len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+        total = None
+        for axes in combos:
+            flipped = torch.flip(x, axes) if axes else x
+            out = network(flipped)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            probabilities = torch.softmax(out.float(), dim=1)
+            probabilities = torch.flip(probabilities, axes) if axes else probabilities
+            total = probabilities if total is None else total + probabilities
+        assert total is not None
+        return total / len(combos)
+
+    return run
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    networks: nn.Module | Sequence[nn.Module],
+    image: np.ndarray,
+    *,
+    roi_size: Sequence[int],
+    config: InferenceConfig = InferenceConfig(),
+    slice_axis: int | None = None,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Class probabilities for one preprocessed case.
+
+    Args:
+        networks: a network, or several (a fold ensemble: their softmax outputs are averaged).
+        image: ``(C, *spatial)`` on the preprocessed grid.
+        roi_size: the window (the network's spatial dims).
+        config: overlap, blending, mirroring.
+        slice_axis: for a 2D network on 3D data, the axis slices are taken across.
+        device: where the networks run; the blended output stays on the CPU.
+
+    Returns:
+        ``(K, *spatial)`` float32 probabilities.
+    """
+    networks = [networks] if isinstance(networks, nn.Module) else list(networks)
+    device = torch.device(device)
+    x = torch.from_numpy(np.array(image, dtype=np.float32))
+    if slice_axis is not None:  # slices become the batch
+        x = x.movedim(slice_axis + 1, 0)
+    else:
+        x = x[None]
+    spatial = x.ndim - 2
+    mirror_axes = tuple(range(2, 2 + spatial)) if config.mirror else ()
+    total = None
+    for network in networks:
+        network.eval()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            out = sliding_window_inference(
+                x, tuple(roi_size), config.sw_batch_size, _forward(network, mirror_axes),
+                overlap=config.overlap, mode=config.mode, sw_device=device, device="cpu",
+            )
+        total = out.float() if total is None else total + out.float()
+    assert total is not None
+    total /= len(networks)
+    total = total.movedim(0, slice_axis + 1) if slice_axis is not None else total[0]
+    return total.numpy()

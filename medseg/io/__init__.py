@@ -1,0 +1,42 @@
+"""Reading and writing cases with their exact geometry."""
+
+from .datasets import CaseFiles, Dataset, FolderDataset, MSDDataset, find_images, load_image, open_dataset
+from .files import atomic_path, case_id_of, full_suffix
+from .readers import (
+    READERS,
+    Image2DIO,
+    ImageIO,
+    NiftiIO,
+    NumpyIO,
+    SimpleITKIO,
+    io_for,
+    output_suffix,
+    read_image_file,
+    write_label_file,
+)
+from .sample import Geometry, Sample
+
+__all__ = [
+    "READERS",
+    "CaseFiles",
+    "Dataset",
+    "FolderDataset",
+    "Geometry",
+    "Image2DIO",
+    "ImageIO",
+    "MSDDataset",
+    "NiftiIO",
+    "NumpyIO",
+    "Sample",
+    "SimpleITKIO",
+    "atomic_path",
+    "case_id_of",
+    "find_images",
+    "full_suffix",
+    "io_for",
+    "load_image",
+    "open_dataset",
+    "output_suffix",
+    "read_image_file",
+    "write_label_file",
+]

@@ -1,0 +1,389 @@
+"""The Pipeline: one choice of data, preprocessing, sampler, network, loss and inference,
+with ``fit``, ``predict``, ``evaluate``, ``save`` and ``load``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import architectures, losses
+from .errors import DataError, MedsegError
+from .evaluation.metrics import compute_metrics, dice_per_label
+from .evaluation.splits import split_validation
+from .inference import InferenceConfig, keep_largest_component, predict_probabilities
+from .io import Dataset, Sample, atomic_path, find_images, io_for, load_image, open_dataset, output_suffix, write_label_file
+from .planning import Plan, fingerprint_dataset, plan_dataset
+from .preprocessing import CropForeground, CTNormalize, Pad, Resample, Step, ZScore, create_step, invert, preprocess
+from .preprocessing.cache import PreprocessedCases
+from .sampling import PatchSampler, PatchStream, create_augmentation, make_loader
+from .training import TrainingConfig, load_checkpoint, save_checkpoint, train
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data_patch(plan: Plan, data_dims: int) -> tuple[int, ...]:
+    size = list(plan.patch_size)
+    if plan.slice_axis is not None and len(size) < data_dims:
+        size.insert(plan.slice_axis, 1)
+    return tuple(size)
+
+
+class Pipeline:
+    """Data in, trained model and predictions out, every part replaceable.
+
+    Args:
+        data: a :class:`~medseg.io.Dataset` or a folder (MSD/nnU-Net, or images/ + labels/).
+        preprocessing: steps applied to every case (default: crop to non-zero, resample to the
+            planned spacing, z-score or CT normalisation, pad to the patch size).
+        sampler: the patch sampler (default: the planned patch, a third foreground).
+        architecture: a ``torch.nn.Module``, a registry name, or ``None`` for the planned U-Net.
+        loss: a loss module or registry name (default ``dice + ce``).
+        plan: override the plan read off the data.
+        spatial_dims: 2 trains slice by slice on 3D data.
+        training: a :class:`~medseg.training.TrainingConfig`.
+        inference: an :class:`~medseg.inference.InferenceConfig`.
+        device: ``"cuda"`` when there is a GPU, else ``"cpu"``.
+        cache_dir: where preprocessed cases are cached.
+
+    Example:
+        >>> pipe = Pipeline("data_samples/hippocampus")  # doctest: +SKIP
+        >>> pipe.fit(epochs=2)                            # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data: Dataset | str | os.PathLike | None = None,
+        *,
+        preprocessing: Sequence[Step] | None = None,
+        sampler: PatchSampler | None = None,
+        architecture: nn.Module | str | None = None,
+        loss: nn.Module | str | None = None,
+        plan: Plan | None = None,
+        spatial_dims: int | None = None,
+        training: TrainingConfig | None = None,
+        inference: InferenceConfig | None = None,
+        device: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.data = open_dataset(data) if isinstance(data, (str, os.PathLike)) else data
+        self.device = device or default_device()
+        self.cache_dir = cache_dir
+        self.training = training or TrainingConfig()
+        self.inference = inference or InferenceConfig()
+        self.fingerprint = None
+        if plan is None:
+            if self.data is None:
+                raise ValueError("Pipeline needs `data` to plan from, or an explicit `plan`.")
+            self.fingerprint, _ = fingerprint_dataset(self.data)
+            plan = plan_dataset(self.data, spatial_dims=spatial_dims, device=self.device, fingerprint=self.fingerprint)
+        if sampler is not None and sampler.patch_size is not None:
+            plan = plan.replace(patch_size=sampler.patch_size)
+        self.plan = plan
+        self.data_dims = len(plan.target_spacing)
+        self.sampler = sampler or PatchSampler(patch_size=plan.patch_size)
+        if self.sampler.patch_size is None:
+            self.sampler.patch_size = plan.patch_size
+        self.sampler.slice_axis = plan.slice_axis
+        self.preprocessing = self._fit_steps(preprocessing)
+        self.architecture_spec, self.network = self._build_network(architecture)
+        self.loss_spec, self.loss = self._build_loss(loss)
+        self.history: list[dict[str, float]] = []
+        self.split: dict[str, list[str]] = {}
+
+    # -- construction -----------------------------------------------------------------------
+    def _default_steps(self) -> list[Step]:
+        normalize: Step = CTNormalize() if self.plan.normalization == "ct" else ZScore()
+        return [CropForeground(), Resample(spacing=self.plan.target_spacing), normalize,
+                Pad(min_shape=_data_patch(self.plan, self.data_dims))]
+
+    def _fit_steps(self, steps: Sequence[Step] | None) -> list[Step]:
+        steps = list(steps) if steps is not None else self._default_steps()
+        if self.fingerprint is None:
+            return steps
+        return [step.fit(self.fingerprint) for step in steps]
+
+    def _build_network(self, architecture: nn.Module | str | None) -> tuple[dict[str, Any] | None, nn.Module]:
+        plan = self.plan
+        common = {"spatial_dims": plan.spatial_dims, "in_channels": plan.in_channels, "out_channels": plan.num_classes}
+        if architecture is None:
+            spec = {"name": "unet", **common, "features": list(plan.features)}
+        elif isinstance(architecture, str):
+            spec = {"name": architecture, **common}
+        elif isinstance(architecture, nn.Module):
+            return getattr(architecture, "hparams", None), architecture
+        elif isinstance(architecture, dict):
+            spec = dict(architecture)
+        else:
+            raise TypeError(f"architecture must be a torch.nn.Module or a name, got {type(architecture).__name__}.")
+        torch.manual_seed(self.training.seed)
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        return spec, architectures.create_architecture(spec["name"], **kwargs)
+
+    def _build_loss(self, loss: nn.Module | str | None) -> tuple[str | None, nn.Module]:
+        if loss is None:
+            loss = "dice+ce"
+        if isinstance(loss, str):
+            return loss, losses.create_loss(loss)
+        if isinstance(loss, nn.Module):
+            return None, loss
+        raise TypeError(f"loss must be a torch.nn.Module or a name like 'dice+ce', got {type(loss).__name__}.")
+
+    # -- data ---------------------------------------------------------------------------------
+    def _require_data(self) -> Dataset:
+        if self.data is None:
+            raise MedsegError("This pipeline has no training data; pass `data` to Pipeline or Pipeline.load.")
+        return self.data
+
+    def _cases(self) -> PreprocessedCases:
+        return PreprocessedCases(self._require_data(), self.preprocessing, cache_dir=self.cache_dir)
+
+    def _split(self, train_ids: Sequence[str] | None, val_ids: Sequence[str] | None, val_fraction: float) -> tuple[list[str], list[str]]:
+        data = self._require_data()
+        if train_ids is None:
+            if val_ids is None:
+                if val_fraction <= 0:
+                    return data.case_ids, []
+                groups = [data.group_of(c) for c in data.case_ids]
+                return split_validation(data.case_ids, fraction=val_fraction, seed=self.training.seed, groups=groups)
+            train_ids = [c for c in data.case_ids if c not in set(val_ids)]
+        unknown = [c for c in [*train_ids, *(val_ids or [])] if c not in data.cases]
+        if unknown:
+            raise DataError(f"Unknown case ids {unknown[:5]} (the dataset has e.g. {data.case_ids[:3]}).")
+        return list(train_ids), list(val_ids or [])
+
+    # -- training -----------------------------------------------------------------------------
+    def fit(
+        self,
+        train_ids: Sequence[str] | None = None,
+        val_ids: Sequence[str] | None = None,
+        *,
+        epochs: int | None = None,
+        iterations_per_epoch: int | None = None,
+        time_limit: float | None = None,
+        val_fraction: float = 0.2,
+        output_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+    ) -> list[dict[str, float]]:
+        """Train. Without ids, ``val_fraction`` of the cases (grouped by subject) are held out.
+
+        Args:
+            train_ids: training cases (default: all but the validation split).
+            val_ids: validation cases, scored after every epoch (never trained on).
+            epochs: overrides ``training.epochs``.
+            iterations_per_epoch: overrides ``training.iterations_per_epoch``.
+            time_limit: seconds; the learning-rate schedule ends when they are spent.
+            val_fraction: share held out when no ids are given (0 trains on everything).
+            output_dir: where the checkpoint (every epoch) and the pipeline are saved.
+            resume: continue the checkpoint in ``output_dir``.
+
+        Returns:
+            The history: one dict per epoch (loss, val_dice, time).
+        """
+        changes = {k: v for k, v in {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
+                                     "time_limit": time_limit}.items() if v is not None}
+        config = TrainingConfig(**{**self.training.to_dict(), **changes})
+        self.training = config
+        train_ids, val_ids = self._split(train_ids, val_ids, val_fraction)
+        self.split = {"train": train_ids, "val": val_ids}
+        cases = self._cases().build([*train_ids, *val_ids])
+        stream = PatchStream(
+            cases, train_ids, self.sampler, batch_size=self.plan.batch_size,
+            augmentation=create_augmentation(config.augmentation if config.augmentation != "default" or self.plan.spatial_dims == 3 else "2d"),
+            precompute=self._precompute(), num_classes=self.plan.num_classes,
+            seed=config.seed * 7919 + len(self.history),
+        )
+        loader = make_loader(stream, workers=config.workers, pin_memory=self.device == "cuda")
+        output = Path(output_dir) if output_dir is not None else None
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            self._write_config(output)
+        validate = (lambda: self._validation_dice(cases, val_ids[:50])) if val_ids else None
+        self.history = train(
+            self.network, self.loss, iter(loader), config=config,
+            checkpoint=None if output is None else output / "checkpoint.pt",
+            resume=resume, validate=validate, device=self.device,
+        )
+        if val_ids and self.inference.largest_component is None:
+            self._choose_postprocessing(cases, val_ids)
+        if output is not None:
+            self.save(output)
+        return self.history
+
+    def _precompute(self):
+        precompute = getattr(self.loss, "precompute", None)
+        if precompute is None:
+            return None
+        probe = precompute(np.zeros((2,) * self.plan.spatial_dims, dtype=np.int64), self.plan.num_classes, None)
+        return precompute if probe else None
+
+    def _roi(self) -> tuple[int, ...]:
+        return tuple(self.plan.patch_size)
+
+    def _case_probabilities(self, image: np.ndarray) -> np.ndarray:
+        return predict_probabilities(self.network, image, roi_size=self._roi(), config=self.inference,
+                                     slice_axis=self.plan.slice_axis, device=self.device)
+
+    def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
+        labels = list(range(1, self.plan.num_classes))
+        scores = []
+        for case in val_ids:
+            probabilities = self._case_probabilities(np.asarray(cases.image(case)))
+            dice = dice_per_label(probabilities.argmax(0), np.asarray(cases.label(case)), labels)
+            scores.append(np.nanmean(list(dice.values())))
+        return float(np.nanmean(scores))
+
+    def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
+        """nnU-Net's rule: keep the largest component per class if that does not lower Dice."""
+        labels = list(range(1, self.plan.num_classes))
+        plain, cleaned = [], []
+        for case in val_ids:
+            prediction = self._case_probabilities(np.asarray(cases.image(case))).argmax(0)
+            reference = np.asarray(cases.label(case))
+            plain.append(np.nanmean(list(dice_per_label(prediction, reference, labels).values())))
+            cleaned.append(np.nanmean(list(dice_per_label(keep_largest_component(prediction), reference, labels).values())))
+        keep = float(np.mean(cleaned)) >= float(np.mean(plain))
+        log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
+        self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict_sample(self, sample: Sample) -> np.ndarray:
+        """The label map ``(*spatial)`` of one case, on the grid it was read on."""
+        prepared = preprocess(sample.replace(label=None), self.preprocessing)
+        probabilities = invert(self._case_probabilities(prepared.image), prepared)
+        labels = probabilities.argmax(0).astype(np.int16)
+        if self.inference.largest_component:
+            labels = keep_largest_component(labels)
+        return labels
+
+    def predict(
+        self, inputs: str | os.PathLike, output_dir: str | os.PathLike | None = None
+    ) -> dict[str, Path] | dict[str, np.ndarray]:
+        """Predict every case in a file or folder.
+
+        With ``output_dir``, writes one label file per case, named after the case, in the input's
+        format (NIfTI for DICOM folders, PNG for 2D images) and geometry, and returns the paths;
+        without, returns the label maps.
+        """
+        found = find_images(inputs)
+        results: dict[str, Any] = {}
+        for case, files in found.items():
+            image, geometry = load_image(files)
+            labels = self.predict_sample(Sample(case, image, geometry))
+            if output_dir is None:
+                results[case] = labels
+            else:
+                path = Path(output_dir) / f"{case}{output_suffix(files[0])}"
+                results[case] = write_label_file(labels, geometry, path)
+                log.info("wrote %s", path)
+        return results
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, case_ids: Sequence[str] | None = None, *, metrics: bool = False) -> dict[str, dict[int, dict[str, float]]]:
+        """Score cases (default: the validation split) on their original grid.
+
+        Returns ``{case: {label: {metric: value}}}`` (Dice only unless ``metrics``).
+        """
+        data = self._require_data()
+        case_ids = list(case_ids or self.split.get("val") or [])
+        if not case_ids:
+            raise ValueError("evaluate needs case ids (no validation split was held out).")
+        labels = list(range(1, self.plan.num_classes))
+        scores = {}
+        for case in case_ids:
+            sample = data.load(case)
+            prediction = self.predict_sample(sample)
+            if metrics:
+                scores[case] = compute_metrics(prediction, sample.label, spacing=sample.geometry.spacing, labels=labels)
+            else:
+                scores[case] = {k: {"dice": v} for k, v in dice_per_label(prediction, sample.label, labels).items()}
+        return scores
+
+    # -- persistence ----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": "medseg-pipeline/1",
+            "plan": self.plan.to_dict(),
+            "preprocessing": [s.config() for s in self.preprocessing],
+            "sampler": self.sampler.config(),
+            "architecture": self.architecture_spec,
+            "loss": self.loss_spec,
+            "training": self.training.to_dict(),
+            "inference": self.inference.to_dict(),
+            "split": self.split,
+            "history": self.history,
+        }
+
+    def _write_config(self, folder: Path) -> None:
+        with atomic_path(folder / "pipeline.json") as tmp:
+            tmp.write_text(json.dumps(self.config(), indent=2))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``pipeline.json`` and ``model.pt`` (weights only) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": self.network.state_dict()}, folder / "model.pt")
+        self._write_config(folder)
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | os.PathLike,
+        data: Dataset | str | os.PathLike | None = None,
+        *,
+        architecture: nn.Module | None = None,
+        loss: nn.Module | str | None = None,
+        device: str | None = None,
+    ) -> Pipeline:
+        """Rebuild a saved pipeline. No code is unpickled: JSON config, weights-only tensors.
+
+        Args:
+            folder: what :meth:`save` wrote (or a training run folder).
+            data: training data, to continue training or evaluate.
+            architecture: the network, needed only when it was a custom module.
+            loss: replaces the saved loss.
+            device: where to run.
+        """
+        folder = Path(folder)
+        config_path = folder / "pipeline.json"
+        if not config_path.is_file():
+            raise DataError(f"{folder}: no pipeline.json; is this a folder written by Pipeline.save or medseg train?")
+        config = json.loads(config_path.read_text())
+        spec = config["architecture"]
+        if architecture is None and spec is None:
+            raise MedsegError(f"{folder}: the network was a custom module; pass it as `architecture=`.")
+        inference = config["inference"]
+        pipe = cls(
+            data,
+            plan=Plan.from_dict(config["plan"]),
+            preprocessing=[create_step(**s) for s in config["preprocessing"]],
+            sampler=PatchSampler(**config["sampler"]),
+            architecture=architecture if architecture is not None else spec,
+            loss=loss if loss is not None else config["loss"],
+            training=TrainingConfig(**config["training"]),
+            inference=InferenceConfig(**inference),
+            device=device,
+        )
+        weights = folder / "model.pt" if (folder / "model.pt").is_file() else folder / "checkpoint.pt"
+        pipe.network.load_state_dict(load_checkpoint(weights)["model"])
+        pipe.network.to(pipe.device)
+        pipe.split, pipe.history = config.get("split", {}), config.get("history", [])
+        return pipe
+
+    def __repr__(self) -> str:
+        return (f"Pipeline(data={self.data!r}, spatial_dims={self.plan.spatial_dims}, patch={self.plan.patch_size}, "
+                f"network={type(self.network).__name__}, loss={self.loss_spec or type(self.loss).__name__})")

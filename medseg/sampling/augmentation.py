@@ -1,0 +1,110 @@
+"""Data augmentation presets built on MONAI transforms.
+
+Random parameters are drawn by :meth:`Augmentation.draw` apart from :meth:`Augmentation.apply`,
+so a draw can be replayed (and tested) exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Affine
+
+from ..errors import look_up_option
+
+__all__ = ["AUGMENTATIONS", "Augmentation", "create_augmentation"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """nnU-Net-like augmentation of a patch (probabilities per patch).
+
+    Args:
+        p_affine: chance of a random rotation and scaling.
+        rotation: largest rotation in degrees (about each axis in 3D).
+        scale: range of the scale factor.
+        p_flip: chance of mirroring, per axis.
+        p_noise: chance of additive Gaussian noise (std drawn up to ``noise_std``).
+        noise_std: largest noise standard deviation (images are z-scored).
+        p_intensity: chance of a multiplicative brightness change in ``brightness``.
+        brightness: range of the brightness factor.
+        p_gamma: chance of a gamma change in ``gamma`` (on intensities rescaled to [0, 1]).
+        gamma: range of gamma.
+    """
+
+    p_affine: float = 0.2
+    rotation: float = 30.0
+    scale: tuple[float, float] = (0.75, 1.25)
+    p_flip: float = 0.5
+    p_noise: float = 0.1
+    noise_std: float = 0.1
+    p_intensity: float = 0.15
+    brightness: tuple[float, float] = (0.75, 1.25)
+    p_gamma: float = 0.15
+    gamma: tuple[float, float] = (0.7, 1.5)
+
+    @property
+    def margin(self) -> float:
+        """How much larger the source block must be than the patch for an affine draw."""
+        return 1.0 if self.p_affine == 0 else math.sqrt(2) * max(self.scale)
+
+    def draw(self, rng: np.random.Generator, spatial_dims: int) -> dict[str, Any]:
+        """Draw the random parameters for one patch."""
+        params: dict[str, Any] = {"flip": [a for a in range(spatial_dims) if rng.random() < self.p_flip]}
+        if rng.random() < self.p_affine:
+            angles = 1 if spatial_dims == 2 else 3
+            params["rotate"] = [float(math.radians(rng.uniform(-self.rotation, self.rotation))) for _ in range(angles)]
+            params["scale"] = float(rng.uniform(*self.scale))
+        if rng.random() < self.p_noise:
+            params["noise_std"] = float(rng.uniform(0, self.noise_std))
+            params["noise_seed"] = int(rng.integers(2**31))
+        if rng.random() < self.p_intensity:
+            params["brightness"] = float(rng.uniform(*self.brightness))
+        if rng.random() < self.p_gamma:
+            params["gamma"] = float(rng.uniform(*self.gamma))
+        return params
+
+    def apply(
+        self, image: np.ndarray, label: np.ndarray, params: dict[str, Any], size: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment ``image (C, *src)`` and ``label (*src)``, returning ``size``-shaped patches.
+
+        Without an affine draw the source must already have ``size``.
+        """
+        if "rotate" in params:
+            affine = Affine(rotate_params=params["rotate"], scale_params=[params["scale"]] * len(size),
+                            spatial_size=size, padding_mode="zeros", image_only=True)
+            image = np.asarray(affine(torch.from_numpy(np.ascontiguousarray(image)), mode="bilinear"))
+            label = np.asarray(affine(torch.from_numpy(label[None].astype(np.float32)), mode="nearest"))[0]
+        image = image.astype(np.float32, copy=True)
+        label = np.asarray(label)
+        for axis in params["flip"]:
+            image, label = np.flip(image, axis + 1), np.flip(label, axis)
+        if "noise_std" in params:
+            image = image + np.random.default_rng(params["noise_seed"]).normal(0, params["noise_std"], image.shape).astype(np.float32)
+        if "brightness" in params:
+            image = image * params["brightness"]
+        if "gamma" in params:
+            low, high = image.min(), image.max()
+            span = max(float(high - low), 1e-8)
+            image = ((image - low) / span) ** params["gamma"] * span + low
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label).astype(np.int64)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "default": Augmentation(),
+    "2d": Augmentation(rotation=180.0, p_affine=0.3),
+    "none": Augmentation(p_affine=0.0, p_flip=0.0, p_noise=0.0, p_intensity=0.0, p_gamma=0.0),
+}
+
+
+def create_augmentation(name: str) -> Augmentation:
+    """An augmentation preset by name: ``default``, ``2d`` (full in-plane rotation) or ``none``."""
+    return AUGMENTATIONS[look_up_option(name, AUGMENTATIONS, argument="augmentation")]

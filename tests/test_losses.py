@@ -7,8 +7,6 @@ worked out by hand on a 1 x 7 row, and MONAI's losses where their conventions ma
 
 from __future__ import annotations
 
-import itertools
-
 import monai.losses as ml
 import numpy as np
 import pytest
@@ -162,7 +160,9 @@ def test_generalized_dice_matches_sudre_with_absent_class(batch, use_batch):
 def test_dice_family_matches_monai(batch, include_background, use_batch):
     """MONAI conventions: softmax + one-hot inside, mean over classes and samples."""
     logits, labels = batch
-    kw = dict(softmax=True, to_onehot_y=True, include_background=include_background, batch=use_batch)
+    kw = dict(
+        softmax=True, to_onehot_y=True, include_background=include_background, batch=use_batch
+    )
     target = labels[:, None]
     pairs = [
         (DiceLoss(include_background=include_background, batch=use_batch), ml.DiceLoss(**kw)),
@@ -171,7 +171,9 @@ def test_dice_family_matches_monai(batch, include_background, use_batch):
             ml.TverskyLoss(alpha=0.3, beta=0.7, **kw),
         ),
     ]
-    if include_background:  # MONAI's GDL has no smooth-free 0/0 guard when a sample is all background
+    if (
+        include_background
+    ):  # MONAI's GDL has no smooth-free 0/0 guard when a sample is all background
         # MONAI does not normalise the weights, so the two agree exactly only without smoothing.
         pairs.append(
             (
@@ -187,7 +189,10 @@ def test_generalized_dice_smooth_stays_negligible_on_large_volumes():
     """Normalised weights: a 64^3 patch with a large class scores like smooth=0 does."""
     torch.manual_seed(0)
     logits, labels = torch.randn(1, 2, 64, 64, 64), torch.randint(0, 2, (1, 64, 64, 64))
-    ours, exact = GeneralizedDiceLoss()(logits, labels), GeneralizedDiceLoss(smooth=0.0)(logits, labels)
+    ours, exact = (
+        GeneralizedDiceLoss()(logits, labels),
+        GeneralizedDiceLoss(smooth=0.0)(logits, labels),
+    )
     assert ours.item() == pytest.approx(exact.item(), rel=1e-4)
 
 
@@ -208,7 +213,9 @@ def test_cross_entropy_weighted_mean(batch):
     ce = -np.take_along_axis(logp, labels.numpy()[:, None], 1)[:, 0]
     wy = w[labels.numpy()]
     expected = (wy * ce).sum() / wy.sum()
-    assert CrossEntropyLoss(weight=w.tolist())(logits, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert CrossEntropyLoss(weight=w.tolist())(logits, labels).item() == pytest.approx(
+        expected, rel=1e-5
+    )
     assert CrossEntropyLoss()(logits, labels).item() == pytest.approx(ce.mean(), rel=1e-5)
 
 
@@ -227,7 +234,9 @@ def test_focal_matches_lin_formula_and_monai(batch, alpha):
     loss = FocalLoss(gamma=2.0, alpha=alpha)(logits, labels)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # MONAI averages over the C channels too: ours = C * theirs
-    theirs = ml.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, alpha=alpha)(logits, labels[:, None])
+    theirs = ml.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, alpha=alpha)(
+        logits, labels[:, None]
+    )
     assert loss.item() == pytest.approx(C * theirs.item(), rel=1e-5)
 
 
@@ -300,7 +309,9 @@ def test_boundary_matches_monai(batch, include_background):
     logits, labels = batch
     theirs = ml.BoundaryLoss(softmax=True, to_onehot_y=True, include_background=include_background)
     ours = BoundaryLoss(include_background=include_background)
-    assert ours(logits, labels).item() == pytest.approx(theirs(logits, labels[:, None]).item(), rel=1e-5)
+    assert ours(logits, labels).item() == pytest.approx(
+        theirs(logits, labels[:, None]).item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("spacing", [None, (2.0, 1.0, 0.5)])
@@ -322,7 +333,9 @@ def test_hausdorff_matches_monai(batch, include_background):
         alpha=1.5, softmax=True, to_onehot_y=True, include_background=include_background
     )
     ours = HausdorffDTLoss(alpha=1.5, include_background=include_background)
-    assert ours(logits, labels).item() == pytest.approx(theirs(logits, labels[:, None]).item(), rel=1e-5)
+    assert ours(logits, labels).item() == pytest.approx(
+        theirs(logits, labels[:, None]).item(), rel=1e-5
+    )
 
 
 # ---- Lovász -----------------------------------------------------------------------------------
@@ -383,7 +396,9 @@ def test_registry_builds_runs_and_backpropagates(name, dims):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Did you mean 'dice'\?.*Valid choices: boundary, ce, dice"):
+    with pytest.raises(
+        ValueError, match=r"Did you mean 'dice'\?.*Valid choices: boundary, ce, dice"
+    ):
         create_loss("dicee")
     with pytest.raises(ValueError, match="Unknown loss name 'nope'"):
         create_loss("dice+nope")
@@ -396,7 +411,9 @@ def test_unknown_names_list_the_valid_ones():
 
 
 def test_create_loss_routes_arguments():
-    loss = create_loss("tversky+ce", tversky={"alpha": 0.1, "beta": 0.9}, ce={"weight": [1, 2, 3]}, weights=[2, 1])
+    loss = create_loss(
+        "tversky+ce", tversky={"alpha": 0.1, "beta": 0.9}, ce={"weight": [1, 2, 3]}, weights=[2, 1]
+    )
     assert loss.losses[0].alpha == 0.1 and loss.losses[1].weight.tolist() == [1, 2, 3]
     assert loss.current_weights() == [2.0, 1.0]
     assert create_loss("Generalized-Dice").__class__ is GeneralizedDiceLoss
@@ -498,7 +515,12 @@ def test_precomputed_extras_equal_the_slow_path(dims, spacing):
     spacing = None if spacing is None else (0.7, 2.0, 1.3)[: len(SHAPES[dims])]
     loss = create_loss("dice+boundary+hausdorff+dpce", weights=[1.0, 1.0, 1.0, 1.0])
     per_sample = [loss.precompute(y.numpy(), C, spacing) for y in labels]
-    assert sorted(per_sample[0]) == ["penalty_weight", "signed_distance", "spacing", "target_distance"]
+    assert sorted(per_sample[0]) == [
+        "penalty_weight",
+        "signed_distance",
+        "spacing",
+        "target_distance",
+    ]
     assert all(a.dtype == np.float32 for a in per_sample[0].values())
     extras = {k: torch.from_numpy(np.stack([s[k] for s in per_sample])) for k in per_sample[0]}
     slow_extras = {} if spacing is None else {"spacing": torch.tensor([spacing] * 2)}

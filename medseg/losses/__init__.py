@@ -16,7 +16,12 @@ from medseg.errors import look_up_option
 from medseg.losses.base import Loss
 from medseg.losses.boundary import BoundaryLoss
 from medseg.losses.compound import CompoundLoss, LinearSchedule, kervadec_schedule
-from medseg.losses.cross_entropy import CrossEntropyLoss, DistancePenalizedCELoss, FocalLoss, TopKLoss
+from medseg.losses.cross_entropy import (
+    CrossEntropyLoss,
+    DistancePenalizedCELoss,
+    FocalLoss,
+    TopKLoss,
+)
 from medseg.losses.dice import DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
 from medseg.losses.hausdorff import HausdorffDTLoss
 from medseg.losses.lovasz import LovaszSoftmaxLoss

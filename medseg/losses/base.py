@@ -41,7 +41,9 @@ class Loss(nn.Module):
         super().__init__()
         self.epoch = 0
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Return the loss of a batch.
 
         Args:
@@ -128,7 +130,9 @@ def as_labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}.")
     if target.is_floating_point():
         if not torch.equal(target, target.round()):
-            raise ValueError("target holds non-integer values; pass class indices, not one-hot or probabilities.")
+            raise ValueError(
+                "target holds non-integer values; pass class indices, not one-hot or probabilities."
+            )
     low, high = torch.aminmax(target)
     if low < 0 or high >= logits.shape[1]:
         raise ValueError(
@@ -137,9 +141,13 @@ def as_labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target.long()
 
 
-def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def one_hot(
+    labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """One-hot encode ``(B, *spatial)`` labels into ``(B, C, *spatial)``."""
-    out = torch.zeros((labels.shape[0], num_classes, *labels.shape[1:]), dtype=dtype, device=labels.device)
+    out = torch.zeros(
+        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=dtype, device=labels.device
+    )
     return out.scatter_(1, labels.unsqueeze(1), 1.0)
 
 
@@ -157,7 +165,11 @@ def check_flag(value: object, argument: str) -> bool:
 
 def check_number(value: object, argument: str, *, low: float = 0.0, strict: bool = False) -> float:
     """Return ``value`` as a float if it is a real number ``>= low`` (``> low`` if ``strict``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(float(value))
+    ):
         raise ValueError(f"{argument} must be a finite number, got {value!r}.")
     if value < low or (strict and value == low):
         raise ValueError(f"{argument} must be {'>' if strict else '>='} {low}, got {value!r}.")

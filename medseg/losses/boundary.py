@@ -53,7 +53,9 @@ class BoundaryLoss(Loss):
         spacing = check_spacing(spacing, target.ndim)
         return {"signed_distance": class_maps(signed_distance, target, range(num_classes), spacing)}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         start = 0 if self.include_background else 1

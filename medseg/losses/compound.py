@@ -10,7 +10,6 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from medseg.losses.base import Loss, check_number
 
 __all__ = ["CompoundLoss", "LinearSchedule", "Weight", "is_weight", "kervadec_schedule"]
 
-Weight = Union[float, Callable[[int], float]]
+Weight = float | Callable[[int], float]
 
 
 def is_weight(value: object) -> bool:
@@ -101,10 +100,14 @@ class CompoundLoss(Loss):
             if not isinstance(loss, Loss):
                 raise TypeError(f"losses[{i}] must be a medseg Loss, got {type(loss).__name__}.")
         if len(weights) != len(losses):
-            raise ValueError(f"weights needs one entry per loss ({len(losses)}), got {len(weights)}.")
+            raise ValueError(
+                f"weights needs one entry per loss ({len(losses)}), got {len(weights)}."
+            )
         for i, weight in enumerate(weights):
             if not is_weight(weight):
-                raise TypeError(f"weights[{i}] must be a number or a callable epoch -> float, got {weight!r}.")
+                raise TypeError(
+                    f"weights[{i}] must be a number or a callable epoch -> float, got {weight!r}."
+                )
         self.losses = nn.ModuleList(losses)
         self.weights = [float(w) if isinstance(w, numbers.Real) else w for w in weights]
 
@@ -137,14 +140,18 @@ class CompoundLoss(Loss):
         for loss in self.losses:
             for name, array in loss.precompute(target, num_classes, spacing).items():
                 if name in merged and not np.array_equal(merged[name], array):
-                    raise ValueError(f"two parts precompute different arrays under the name {name!r}.")
+                    raise ValueError(
+                        f"two parts precompute different arrays under the name {name!r}."
+                    )
                 merged.setdefault(name, array)
         return merged
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """The weighted sum of the parts (see :meth:`Loss.forward`); parts of weight 0 are skipped."""
         total: torch.Tensor | None = None
-        for weight, loss in zip(self.current_weights(), self.losses):
+        for weight, loss in zip(self.current_weights(), self.losses, strict=True):
             if weight != 0.0:
                 term = weight * loss(logits, target, **extras)
                 total = term if total is None else total + term

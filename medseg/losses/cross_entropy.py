@@ -19,17 +19,25 @@ def _class_weights(values: Sequence[float] | None, argument: str) -> torch.Tenso
     if values is None:
         return None
     try:
-        weights = torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32).reshape(-1)
+        weights = torch.as_tensor(
+            np.asarray(values, dtype=np.float64), dtype=torch.float32
+        ).reshape(-1)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{argument} must be a sequence of numbers, one per class, got {values!r}.") from error
+        raise ValueError(
+            f"{argument} must be a sequence of numbers, one per class, got {values!r}."
+        ) from error
     if weights.numel() < 2 or not torch.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError(f"{argument} must hold >= 2 finite non-negative numbers (one per class), got {values!r}.")
+        raise ValueError(
+            f"{argument} must hold >= 2 finite non-negative numbers (one per class), got {values!r}."
+        )
     return weights
 
 
 def _check_length(weights: torch.Tensor | None, logits: torch.Tensor, argument: str) -> None:
     if weights is not None and weights.numel() != logits.shape[1]:
-        raise ValueError(f"{argument} has {weights.numel()} entries but the logits have {logits.shape[1]} classes.")
+        raise ValueError(
+            f"{argument} has {weights.numel()} entries but the logits have {logits.shape[1]} classes."
+        )
 
 
 class CrossEntropyLoss(Loss):
@@ -47,7 +55,9 @@ class CrossEntropyLoss(Loss):
         super().__init__()
         self.register_buffer("weight", _class_weights(weight, "weight"))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         _check_length(self.weight, logits, "weight")
@@ -91,7 +101,9 @@ class FocalLoss(Loss):
         alpha[0] = 1.0 - self.scalar_alpha
         return alpha
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         log_p = torch.log_softmax(logits.float(), dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
@@ -119,7 +131,9 @@ class TopKLoss(Loss):
         if self.k > 100.0:
             raise ValueError(f"k is a percentage in (0, 100], got {k!r}.")
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         voxel_ce = F.cross_entropy(logits.float(), labels, reduction="none").reshape(-1)
@@ -150,14 +164,19 @@ class DistancePenalizedCELoss(Loss):
         target = np.asarray(target)
         return {"penalty_weight": boundary_penalty(target, check_spacing(spacing, target.ndim))}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         weight = extra_or_none(extras, "penalty_weight", labels)
         if weight is None:
             array = labels.cpu().numpy()
             spacings = spacings_of(extras.get("spacing"), array.shape[0], array.ndim - 1)
-            maps = [boundary_penalty(sample, spacing) for sample, spacing in zip(array, spacings)]
+            maps = [
+                boundary_penalty(sample, spacing)
+                for sample, spacing in zip(array, spacings, strict=True)
+            ]
             weight = torch.from_numpy(np.stack(maps)).to(logits.device)
         voxel_ce = F.cross_entropy(logits.float(), labels, reduction="none")
         return (weight * voxel_ce).mean()

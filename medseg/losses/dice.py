@@ -12,7 +12,13 @@ import torch
 from medseg.errors import look_up_option
 from medseg.losses.base import Loss, as_labels, check_flag, check_number, one_hot, spatial_axes
 
-__all__ = ["DiceLoss", "GeneralizedDiceLoss", "JaccardLoss", "TverskyLoss", "probabilities_and_one_hot"]
+__all__ = [
+    "DiceLoss",
+    "GeneralizedDiceLoss",
+    "JaccardLoss",
+    "TverskyLoss",
+    "probabilities_and_one_hot",
+]
 
 
 def probabilities_and_one_hot(
@@ -33,7 +39,9 @@ def probabilities_and_one_hot(
 class _RegionLoss(Loss):
     """Shared constructor and sums of the overlap losses."""
 
-    def __init__(self, include_background: bool = True, smooth: float = 1e-5, batch: bool = False) -> None:
+    def __init__(
+        self, include_background: bool = True, smooth: float = 1e-5, batch: bool = False
+    ) -> None:
         super().__init__()
         self.include_background = check_flag(include_background, "include_background")
         self.smooth = check_number(smooth, "smooth")
@@ -63,7 +71,9 @@ class DiceLoss(_RegionLoss):
         torch.Size([])
     """
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         inter, sum_p, sum_g = self._sums(logits, target)
         return (1.0 - (2.0 * inter + self.smooth) / (sum_p + sum_g + self.smooth)).mean()
@@ -82,7 +92,9 @@ class JaccardLoss(_RegionLoss):
         0
     """
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         inter, sum_p, sum_g = self._sums(logits, target)
         return (1.0 - (inter + self.smooth) / (sum_p + sum_g - inter + self.smooth)).mean()
@@ -118,7 +130,9 @@ class TverskyLoss(_RegionLoss):
         self.alpha = check_number(alpha, "alpha")
         self.beta = check_number(beta, "beta")
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         tp, sum_p, sum_g = self._sums(logits, target)
         false_pos, false_neg = sum_p - tp, sum_g - tp
@@ -159,7 +173,9 @@ class GeneralizedDiceLoss(_RegionLoss):
         weight_type: str = "square",
     ) -> None:
         super().__init__(include_background, smooth, batch)
-        self.weight_type = look_up_option(weight_type, ("square", "simple", "uniform"), argument="weight_type")
+        self.weight_type = look_up_option(
+            weight_type, ("square", "simple", "uniform"), argument="weight_type"
+        )
 
     def class_weights(self, sum_g: torch.Tensor) -> torch.Tensor:
         """Normalised class weights from the class volumes ``(..., C')``."""
@@ -170,9 +186,13 @@ class GeneralizedDiceLoss(_RegionLoss):
         absent = torch.isinf(weights)
         weights = weights.masked_fill(absent, 0.0)
         weights = weights + absent * weights.amax(dim=-1, keepdim=True)
-        return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+        return weights / weights.sum(dim=-1, keepdim=True).clamp_min(
+            torch.finfo(weights.dtype).tiny
+        )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         inter, sum_p, sum_g = self._sums(logits, target)
         weights = self.class_weights(sum_g)

@@ -34,7 +34,9 @@ def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ..
         return None
     values = tuple(float(s) for s in np.asarray(spacing, dtype=np.float64).reshape(-1))
     if len(values) != ndim or not all(np.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must hold {ndim} positive numbers (one per spatial axis), got {spacing!r}.")
+        raise ValueError(
+            f"spacing must hold {ndim} positive numbers (one per spatial axis), got {spacing!r}."
+        )
     return values
 
 
@@ -119,7 +121,9 @@ def spacings_of(spacing: torch.Tensor | Sequence[float] | None, batch: int, ndim
     if values.ndim == 1:
         return [check_spacing(values, ndim)] * batch
     if values.shape[0] != batch:
-        raise ValueError(f"spacing must be (B, {ndim}) = ({batch}, {ndim}), got {tuple(values.shape)}.")
+        raise ValueError(
+            f"spacing must be (B, {ndim}) = ({batch}, {ndim}), got {tuple(values.shape)}."
+        )
     return [check_spacing(row, ndim) for row in values]
 
 
@@ -149,5 +153,7 @@ def extra_or_none(extras: dict, name: str, like: torch.Tensor) -> torch.Tensor |
         return None
     value = torch.as_tensor(value)
     if value.shape != like.shape:
-        raise ValueError(f"extra {name!r} must have shape {tuple(like.shape)}, got {tuple(value.shape)}.")
+        raise ValueError(
+            f"extra {name!r} must have shape {tuple(like.shape)}, got {tuple(value.shape)}."
+        )
     return value.to(device=like.device, dtype=torch.float32)

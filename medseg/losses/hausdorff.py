@@ -61,7 +61,9 @@ class HausdorffDTLoss(Loss):
         sizes = np.ones(target.ndim) if spacing is None else np.asarray(spacing)
         return {"target_distance": maps, "spacing": sizes.astype(np.float32)}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         start = 0 if self.include_background else 1

@@ -49,24 +49,36 @@ class LovaszSoftmaxLoss(Loss):
     def __init__(self, classes: str | Sequence[int] = "present", per_image: bool = False) -> None:
         super().__init__()
         if isinstance(classes, str):
-            self.classes: str | list[int] = look_up_option(classes, ("present", "all"), argument="classes")
+            self.classes: str | list[int] = look_up_option(
+                classes, ("present", "all"), argument="classes"
+            )
         else:
             try:
                 self.classes = [int(c) for c in classes]
             except (TypeError, ValueError) as error:
-                raise ValueError(f'classes must be "present", "all" or class indices, got {classes!r}.') from error
-            if not self.classes or any(c < 0 or c != k for c, k in zip(self.classes, classes)):
-                raise ValueError(f"classes must be a non-empty sequence of indices >= 0, got {classes!r}.")
+                raise ValueError(
+                    f'classes must be "present", "all" or class indices, got {classes!r}.'
+                ) from error
+            if not self.classes or any(
+                c < 0 or c != k for c, k in zip(self.classes, classes, strict=True)
+            ):
+                raise ValueError(
+                    f"classes must be a non-empty sequence of indices >= 0, got {classes!r}."
+                )
         self.per_image = check_flag(per_image, "per_image")
 
     def _class_indices(self, num_classes: int) -> list[int]:
         if isinstance(self.classes, str):
             return list(range(num_classes))
         if max(self.classes) >= num_classes:
-            raise ValueError(f"classes {self.classes} holds an index >= the {num_classes} classes of the logits.")
+            raise ValueError(
+                f"classes {self.classes} holds an index >= the {num_classes} classes of the logits."
+            )
         return self.classes
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         indices = self._class_indices(logits.shape[1])

@@ -42,7 +42,9 @@ class SensitivitySpecificityLoss(_RegionLoss):
         if self.r > 1.0:
             raise ValueError(f"r must lie in [0, 1], got {r!r}.")
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
+    ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         probs, truth = probabilities_and_one_hot(logits, target, self.include_background)
         axes = spatial_axes(probs, self.batch)

@@ -384,3 +384,16 @@ def test_metrics_module_does_not_need_torch():
         "assert m.compute_metrics(a, a, spacing=(1, 2, 3))[1]['hd95'] == 0.0\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_unusual_label_values_and_bool_masks_give_the_same_metrics():
+    rng = np.random.default_rng(5)
+    ref = random_label_map((18, 16, 9), rng)
+    pred = random_label_map((18, 16, 9), rng)
+    expected = compute_metrics(pred, ref, spacing=(0.7, 1.3, 2.5))
+    mapping = np.array([0, -4, 70_000])  # negative and large labels take the per-label scan
+    odd = compute_metrics(mapping[pred], mapping[ref], spacing=(0.7, 1.3, 2.5))
+    assert list(odd) == [-4, 70_000]
+    assert odd[-4] == expected[1] and odd[70_000] == expected[2]
+    binary = compute_metrics(pred == 1, ref == 1, spacing=(0.7, 1.3, 2.5))
+    assert binary == {1: expected[1]}

@@ -48,7 +48,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_of(loss: Callable[..., torch.Tensor], logits, target, extras: dict | None = None) -> Step:
+def step_of(
+    loss: Callable[..., torch.Tensor],
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> Step:
     """One forward + backward of ``loss``."""
 
     def step() -> None:
@@ -66,7 +71,9 @@ def timed(step: Step, device: torch.device) -> float:
     return 1e3 * (time.perf_counter() - start)
 
 
-def cases(logits, labels, extras, args) -> list[tuple[str, Step, str, Step | None]]:
+def cases(
+    logits: torch.Tensor, labels: torch.Tensor, extras: dict[str, dict[str, torch.Tensor]]
+) -> list[tuple[str, Step, str, Step | None]]:
     """(name, medseg step, reference name, reference step)."""
     target = labels[:, None]
     onehot_kw = dict(softmax=True, to_onehot_y=True)
@@ -129,7 +136,9 @@ def cases(logits, labels, extras, args) -> list[tuple[str, Step, str, Step | Non
     return steps
 
 
-def precompute_cost(name: str, labels: np.ndarray, classes: int, device) -> tuple[dict, float]:
+def precompute_cost(
+    name: str, labels: np.ndarray, classes: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], float]:
     """Extras of ``name`` for the batch, and the median precompute time per sample (ms)."""
     loss = create_loss(name)
     times, maps = [], []
@@ -170,7 +179,7 @@ def main() -> None:
     header = f"| {'loss':<28} | {'medseg ms':>9} | {'reference':<26} | {'ref ms':>8} | {'ratio':>5} | {'precompute ms/sample':>20} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, mine, ref_name, ref in cases(logits, labels, extras, args):
+    for name, mine, ref_name, ref in cases(logits, labels, extras):
         for step in (mine, ref):
             if step is not None:
                 step()  # warm-up

@@ -63,6 +63,9 @@ class CrossEntropyLoss(Loss):
         _check_length(self.weight, logits, "weight")
         return F.cross_entropy(logits.float(), labels, weight=self.weight)
 
+    def extra_repr(self) -> str:
+        return "" if self.weight is None else f"weight={self.weight.tolist()}"
+
 
 class FocalLoss(Loss):
     """Focal loss (Lin et al. 2017): the mean over voxels of ``-alpha_y (1 - p_y)^gamma log p_y``.
@@ -113,6 +116,10 @@ class FocalLoss(Loss):
             loss = loss * alpha.to(loss.device)[labels]
         return loss.mean()
 
+    def extra_repr(self) -> str:
+        alpha = self.scalar_alpha if self.alpha is None else self.alpha.tolist()
+        return f"gamma={self.gamma}, alpha={alpha}"
+
 
 class TopKLoss(Loss):
     """Cross-entropy of the ``k`` percent hardest voxels of the batch (Wu et al. 2016).
@@ -139,6 +146,9 @@ class TopKLoss(Loss):
         voxel_ce = F.cross_entropy(logits.float(), labels, reduction="none").reshape(-1)
         count = max(1, int(voxel_ce.numel() * self.k / 100.0))
         return voxel_ce.topk(count, sorted=False).values.mean()
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
 
 
 class DistancePenalizedCELoss(Loss):

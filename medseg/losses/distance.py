@@ -113,7 +113,9 @@ def boundary_penalty(labels: np.ndarray, spacing: tuple[float, ...] | None = Non
     return weight
 
 
-def spacings_of(spacing: torch.Tensor | Sequence[float] | None, batch: int, ndim: int) -> list:
+def spacings_of(
+    spacing: torch.Tensor | Sequence[float] | None, batch: int, ndim: int
+) -> list[tuple[float, ...] | None]:
     """Per-sample spacings from a ``spacing`` extra ``(B, ndim)``, one tuple ``(ndim,)``, or None."""
     if spacing is None:
         return [None] * batch
@@ -146,7 +148,9 @@ def batch_maps(
     return torch.from_numpy(out).to(masks.device)
 
 
-def extra_or_none(extras: dict, name: str, like: torch.Tensor) -> torch.Tensor | None:
+def extra_or_none(
+    extras: dict[str, torch.Tensor], name: str, like: torch.Tensor
+) -> torch.Tensor | None:
     """The extra ``name`` as float32 on ``like``'s device, checked to have its shape; None if absent."""
     value = extras.get(name)
     if value is None:

@@ -3,6 +3,7 @@ with ``fit``, ``predict``, ``evaluate``, ``save`` and ``load``."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -103,6 +104,7 @@ class Pipeline:
         self.loss_spec, self.loss = self._build_loss(loss)
         self.history: list[dict[str, float]] = []
         self.split: dict[str, list[str]] = {}
+        self.ensemble: list[nn.Module] = []  # extra fold networks averaged with `network`
 
     # -- construction -----------------------------------------------------------------------
     def _default_steps(self) -> list[Step]:
@@ -202,8 +204,8 @@ class Pipeline:
         cases = self._cases().build([*train_ids, *val_ids])
         stream = PatchStream(
             cases, train_ids, self.sampler, batch_size=self.plan.batch_size,
-            augmentation=create_augmentation(config.augmentation if config.augmentation != "default" or self.plan.spatial_dims == 3 else "2d"),
-            precompute=self._precompute(), num_classes=self.plan.num_classes,
+            augmentation=self._augmentation(config.augmentation),
+            precompute=self._precompute(), num_classes=self.plan.num_classes, spacing=self._patch_spacing(),
             seed=config.seed * 7919 + len(self.history),
         )
         loader = make_loader(stream, workers=config.workers, pin_memory=self.device == "cuda")
@@ -223,6 +225,11 @@ class Pipeline:
             self.save(output)
         return self.history
 
+    def _augmentation(self, name: str):
+        if name == "auto":
+            name = "2d" if self.plan.spatial_dims == 2 else "3d"
+        return create_augmentation(name)
+
     def _precompute(self):
         precompute = getattr(self.loss, "precompute", None)
         if precompute is None:
@@ -230,11 +237,17 @@ class Pipeline:
         probe = precompute(np.zeros((2,) * self.plan.spatial_dims, dtype=np.int64), self.plan.num_classes, None)
         return precompute if probe else None
 
+    def _patch_spacing(self) -> tuple[float, ...]:
+        spacing = list(self.plan.target_spacing)
+        if self.plan.slice_axis is not None:
+            spacing.pop(self.plan.slice_axis)
+        return tuple(spacing)
+
     def _roi(self) -> tuple[int, ...]:
         return tuple(self.plan.patch_size)
 
     def _case_probabilities(self, image: np.ndarray) -> np.ndarray:
-        return predict_probabilities(self.network, image, roi_size=self._roi(), config=self.inference,
+        return predict_probabilities([self.network, *self.ensemble], image, roi_size=self._roi(), config=self.inference,
                                      slice_axis=self.plan.slice_axis, device=self.device)
 
     def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
@@ -312,6 +325,18 @@ class Pipeline:
                 scores[case] = {k: {"dice": v} for k, v in dice_per_label(prediction, sample.label, labels).items()}
         return scores
 
+    def fresh(self, *, seed: int | None = None) -> Pipeline:
+        """A pipeline with the same data, plan and parts, and a newly initialised network
+        (what each fold of a cross-validation trains)."""
+        if self.architecture_spec is None:
+            raise MedsegError("fresh() needs a registered architecture (a name or a medseg network), "
+                              "not a custom module.")
+        training = self.training if seed is None else TrainingConfig(**{**self.training.to_dict(), "seed": seed})
+        return Pipeline(self.data, plan=self.plan, preprocessing=self.preprocessing,
+                        sampler=PatchSampler(**self.sampler.config()), architecture=dict(self.architecture_spec),
+                        loss=self.loss_spec if self.loss_spec is not None else self.loss,
+                        training=training, inference=self.inference, device=self.device, cache_dir=self.cache_dir)
+
     # -- persistence ----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {
@@ -351,6 +376,9 @@ class Pipeline:
     ) -> Pipeline:
         """Rebuild a saved pipeline. No code is unpickled: JSON config, weights-only tensors.
 
+        A cross-validation folder (``fold_*/`` subfolders) loads as an ensemble whose
+        predictions average the folds' softmax outputs (nnU-Net's way).
+
         Args:
             folder: what :meth:`save` wrote (or a training run folder).
             data: training data, to continue training or evaluate.
@@ -359,6 +387,14 @@ class Pipeline:
             device: where to run.
         """
         folder = Path(folder)
+        folds = sorted(p.parent for p in folder.glob("fold_*/model.pt"))
+        if not (folder / "pipeline.json").is_file() and folds:  # a cross-validation run: ensemble
+            pipe = cls.load(folds[0], data, architecture=architecture, loss=loss, device=device)
+            for fold in folds[1:]:
+                member = cls.load(fold, architecture=copy.deepcopy(architecture) if architecture is not None else None,
+                                  device=device)
+                pipe.ensemble.append(member.network)
+            return pipe
         config_path = folder / "pipeline.json"
         if not config_path.is_file():
             raise DataError(f"{folder}: no pipeline.json; is this a folder written by Pipeline.save or medseg train?")

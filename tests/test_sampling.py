@@ -40,7 +40,7 @@ def test_sampler_rejects_bad_ratio():
 
 
 def test_augmentation_draws_replay_exactly():
-    aug = AUGMENTATIONS["default"]
+    aug = AUGMENTATIONS["3d"]
     image = np.random.default_rng(0).random((1, 20, 20)).astype(np.float32)
     label = (image[0] > 0.5).astype(np.int64)
     params = aug.draw(np.random.default_rng(5), 2)
@@ -63,7 +63,7 @@ def cases(tmp_path_factory):
 @pytest.mark.parametrize(("patch", "shape"), [((32, 48, 32), (3, 1, 32, 48, 32)), ((40, 56), (3, 1, 40, 56))])
 def test_stream_batches_in_3d_and_2d_slices_from_3d(cases, patch, shape):
     stream = PatchStream(cases, cases.dataset.case_ids[:4], PatchSampler(patch_size=patch, slice_axis=2),
-                         batch_size=3, augmentation=AUGMENTATIONS["default"], num_classes=3)
+                         batch_size=3, augmentation=AUGMENTATIONS["3d"], num_classes=3)
     batch = next(iter(stream))
     assert tuple(batch["image"].shape) == shape
     assert tuple(batch["label"].shape) == shape[:1] + shape[2:]
@@ -79,6 +79,6 @@ def test_cached_cases_equal_fresh_preprocessing_and_same_seed_same_patches(cases
     draws = []
     for _ in range(2):
         stream = PatchStream(cases, cases.dataset.case_ids[:4], PatchSampler(patch_size=(24, 24, 24)),
-                             batch_size=2, augmentation=AUGMENTATIONS["default"], num_classes=3, seed=3)
+                             batch_size=2, augmentation=AUGMENTATIONS["3d"], num_classes=3, seed=3)
         draws.append(next(iter(stream)))
     np.testing.assert_array_equal(draws[0]["image"].numpy(), draws[1]["image"].numpy())

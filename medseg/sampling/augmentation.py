@@ -99,12 +99,12 @@ class Augmentation:
 
 
 AUGMENTATIONS: dict[str, Augmentation] = {
-    "default": Augmentation(),
+    "3d": Augmentation(),
     "2d": Augmentation(rotation=180.0, p_affine=0.3),
     "none": Augmentation(p_affine=0.0, p_flip=0.0, p_noise=0.0, p_intensity=0.0, p_gamma=0.0),
 }
 
 
 def create_augmentation(name: str) -> Augmentation:
-    """An augmentation preset by name: ``default``, ``2d`` (full in-plane rotation) or ``none``."""
+    """An augmentation preset by name: ``3d``, ``2d`` (full in-plane rotation) or ``none``."""
     return AUGMENTATIONS[look_up_option(name, AUGMENTATIONS, argument="augmentation")]

@@ -33,6 +33,7 @@ class PatchStream(IterableDataset):
         augmentation: the augmentation preset.
         precompute: ``(label_patch, num_classes, spacing) -> {name: array}`` or ``None``.
         num_classes: classes including background.
+        spacing: voxel spacing of a patch (for spacing-aware distance maps).
         seed: base seed.
     """
 
@@ -46,6 +47,7 @@ class PatchStream(IterableDataset):
         augmentation: Augmentation,
         precompute: Precompute | None = None,
         num_classes: int = 2,
+        spacing: Sequence[float] | None = None,
         seed: int = 0,
     ) -> None:
         if not case_ids:
@@ -53,6 +55,7 @@ class PatchStream(IterableDataset):
         self.cases, self.case_ids, self.sampler = cases, list(case_ids), sampler
         self.batch_size, self.augmentation = int(batch_size), augmentation
         self.precompute, self.num_classes, self.seed = precompute, num_classes, seed
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self._open: dict[str, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]] = {}
 
     def _case(self, case: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
@@ -79,7 +82,7 @@ class PatchStream(IterableDataset):
         image_patch, label_patch = self.augmentation.apply(image_patch, label_patch, params, net_size)
         out = {"image": image_patch, "label": label_patch}
         if self.precompute is not None:
-            out.update(self.precompute(label_patch, self.num_classes, None))
+            out.update(self.precompute(label_patch, self.num_classes, self.spacing))
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -37,7 +37,8 @@ class TrainingConfig:
         seed: seeds the network initialisation and the patch stream.
         amp: float16 autocast where a GPU is used.
         workers: data loader processes.
-        augmentation: augmentation preset name.
+        augmentation: augmentation preset: ``"auto"`` (``"2d"`` or ``"3d"`` by the network),
+            ``"2d"``, ``"3d"`` or ``"none"``.
     """
 
     epochs: int = 50
@@ -49,7 +50,7 @@ class TrainingConfig:
     seed: int = 0
     amp: bool = True
     workers: int = 1
-    augmentation: str = "default"
+    augmentation: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", look_up_option(self.optimizer, ("adamw", "sgd"), argument="optimizer"))

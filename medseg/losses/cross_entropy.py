@@ -61,7 +61,8 @@ class CrossEntropyLoss(Loss):
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         _check_length(self.weight, logits, "weight")
-        return F.cross_entropy(logits.float(), labels, weight=self.weight)
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        return F.cross_entropy(logits.float(), labels, weight=weight)
 
     def extra_repr(self) -> str:
         return "" if self.weight is None else f"weight={self.weight.tolist()}"

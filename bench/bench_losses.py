@@ -6,7 +6,7 @@ size^d logits and a phantom label map of nested spheres); the table shows median
 ``precompute`` cost per sample, which medseg takes off the training step.
 
 Usage:
-    python bench/bench_losses.py --size 48
+    python bench/bench_losses.py --size 48 --clock cpu   # small, on a shared CPU
     python bench/bench_losses.py --size 96 --device cuda
 """
 
@@ -63,12 +63,15 @@ def step_of(
     return step
 
 
-def timed(step: Step, device: torch.device) -> float:
+def timed(
+    step: Step, device: torch.device, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Milliseconds of one ``step`` on ``clock``."""
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     step()
     sync(device)
-    return 1e3 * (time.perf_counter() - start)
+    return 1e3 * (clock() - start)
 
 
 def cases(
@@ -157,11 +160,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=9, help="timed steps per implementation")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall time, or this thread's CPU time (steadier on a shared CPU; needs --threads 1)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu" and (args.threads != 1 or device.type != "cpu"):
+        parser.error("--clock cpu measures one CPU thread: use it with --threads 1 on --device cpu")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
 
     labels_np = phantom(args.batch, args.size, args.dims)
     labels = torch.from_numpy(labels_np).to(device)
@@ -174,20 +187,23 @@ def main() -> None:
 
     shape = f"{args.batch} x {args.classes} x {args.size}^{args.dims}"
     print(
-        f"# loss forward+backward, {shape}, {device}, {args.threads} thread(s), median of {args.repeats}"
+        f"# loss forward+backward, {shape}, {device}, {args.threads} thread(s), "
+        f"{args.clock} clock, median of {args.repeats}"
     )
     header = f"| {'loss':<28} | {'medseg ms':>9} | {'reference':<26} | {'ref ms':>8} | {'ratio':>5} | {'precompute ms/sample':>20} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, mine, ref_name, ref in cases(logits, labels, extras):
-        for step in (mine, ref):
-            if step is not None:
-                step()  # warm-up
+        for _ in range(args.warmup):
+            for step in (mine, ref):
+                if step is not None:
+                    step()
         ours_t, ref_t = [], []
-        for _ in range(args.repeats):  # alternate, so drifts in machine load hit both
-            ours_t.append(timed(mine, device))
-            if ref is not None:
-                ref_t.append(timed(ref, device))
+        for i in range(args.repeats):  # alternate (and swap who goes first) so load drifts hit both
+            order = [(mine, ours_t), (ref, ref_t)] if i % 2 == 0 else [(ref, ref_t), (mine, ours_t)]
+            for step, times in order:
+                if step is not None:
+                    times.append(timed(step, device, clock))
         ours_ms = statistics.median(ours_t)
         ref_ms = statistics.median(ref_t) if ref_t else float("nan")
         ratio = f"{ours_ms / ref_ms:5.2f}" if ref_t else "    -"

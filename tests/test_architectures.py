@@ -23,6 +23,15 @@ from medseg.architectures.boundary import balanced_bce, dual_task_loss, label_ed
 SHAPES = {2: (97, 83), 3: (37, 51, 29)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions run fastest on one thread; on a busy machine, many times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _ce(logits: torch.Tensor, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target.long())
 
@@ -245,6 +254,9 @@ def test_create_architecture_passes_modules_and_checks_args() -> None:
 def test_spatial_dims_is_validated(cls: type) -> None:
     with pytest.raises(ValueError, match="spatial_dims"):
         cls(4, 1, 2)
+    net = cls(2, 1, 2, **_small_kwargs(cls.__name__.lower(), 2))
+    with pytest.raises(ValueError, match=r"expects input \(B, C, \*spatial\) with 4 dims"):
+        net(torch.zeros(1, 1, 8, 8, 8))
 
 
 def test_unetr_needs_img_size_and_fits_it() -> None:

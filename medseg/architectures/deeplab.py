@@ -11,6 +11,7 @@ from medseg.architectures.aspp import ASPP
 from medseg.architectures.encoder import ResidualEncoder
 from medseg.architectures.layers import (
     ConvNormAct,
+    check_input,
     check_spatial_dims,
     conv_type,
     crop_to,
@@ -139,6 +140,7 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, *spatial)`` for ``x`` ``(B, in_channels, *spatial)``."""
+        check_input(x, self.spatial_dims, "DeepLabV3Plus")
         padded, shape = pad_to_multiple(x, self.encoder.total_stride)
         features = self.encoder(padded)
         logits = self.decoder(self.aspp(features[-1]), features[self.low_index])

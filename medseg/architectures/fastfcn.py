@@ -11,6 +11,7 @@ from medseg.architectures.aspp import ASPP
 from medseg.architectures.encoder import ResidualEncoder
 from medseg.architectures.layers import (
     ConvNormAct,
+    check_input,
     check_positive_ints,
     check_spatial_dims,
     conv_type,
@@ -20,7 +21,7 @@ from medseg.architectures.layers import (
     upsample_to,
 )
 
-__all__ = ["JPU", "FastFCN"]
+__all__ = ["FastFCN", "JPU"]
 
 
 class JPU(nn.Module):
@@ -120,6 +121,7 @@ class FastFCN(nn.Module):
         spatial_dims = check_spatial_dims(spatial_dims)
         if len(widths) < 3:
             raise ValueError(f"widths needs at least three stages for the JPU, got {widths!r}.")
+        self.spatial_dims = spatial_dims
         self.encoder = ResidualEncoder(
             spatial_dims, in_channels, widths=widths, blocks=blocks, norm=norm
         )
@@ -134,6 +136,7 @@ class FastFCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, *spatial)`` for ``x`` ``(B, in_channels, *spatial)``."""
+        check_input(x, self.spatial_dims, "FastFCN")
         padded, shape = pad_to_multiple(x, self.encoder.total_stride)
         features = self.encoder(padded)
         logits = self.head(self.jpu(features[-3:]))

@@ -19,6 +19,7 @@ from medseg.architectures.deeplab import V3PlusDecoder, default_rates
 from medseg.architectures.encoder import ResidualEncoder
 from medseg.architectures.layers import (
     ResidualBlock,
+    check_input,
     check_positive_ints,
     check_spatial_dims,
     conv_type,
@@ -28,7 +29,7 @@ from medseg.architectures.layers import (
     upsample_to,
 )
 
-__all__ = ["GatedSCNN", "GatedConv"]
+__all__ = ["GatedConv", "GatedSCNN"]
 
 
 class GatedConv(nn.Module):
@@ -176,6 +177,7 @@ class GatedSCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits, or ``(logits, boundary_logits)`` in training mode."""
+        check_input(x, self.spatial_dims, "GatedSCNN")
         padded, shape = pad_to_multiple(x, self.encoder.total_stride)
         size = padded.shape[2:]
         features = self.encoder(padded)

@@ -18,6 +18,7 @@ __all__ = [
     "NORMS",
     "ConvNormAct",
     "ResidualBlock",
+    "check_input",
     "check_positive_ints",
     "check_spatial_dims",
     "conv_type",
@@ -41,6 +42,15 @@ def check_spatial_dims(spatial_dims: int) -> int:
     if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
     return int(spatial_dims)
+
+
+def check_input(x: torch.Tensor, spatial_dims: int, owner: str) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a ``(B, C, *spatial)`` batch of ``spatial_dims``."""
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(
+            f"{owner}(spatial_dims={spatial_dims}) expects input (B, C, *spatial) with "
+            f"{spatial_dims + 2} dims, got shape {tuple(x.shape)}."
+        )
 
 
 def check_positive_ints(values: Sequence[int], *, argument: str) -> tuple[int, ...]:

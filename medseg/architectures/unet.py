@@ -11,6 +11,7 @@ from torch import nn
 from medseg.architectures.layers import (
     ConvNormAct,
     ResidualBlock,
+    check_input,
     check_positive_ints,
     check_spatial_dims,
     conv_type,
@@ -138,11 +139,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Logits ``(B, out_channels, *spatial)``, or the deep-supervision tuple in training."""
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"UNet(spatial_dims={self.spatial_dims}) expects (B, C, *spatial) with "
-                f"{self.spatial_dims + 2} dims, got shape {tuple(x.shape)}."
-            )
+        check_input(x, self.spatial_dims, "UNet")
         x, shape = pad_to_multiple(x, self.total_stride)
         skips = []
         for stage in self.encoder:

@@ -125,7 +125,7 @@ class Pipeline:
             spec = {"name": "unet", **common, "features": list(plan.features)}
         elif isinstance(architecture, str):
             spec = {"name": architecture, **common}
-        elif isinstance(architecture, nn.Module):
+        elif isinstance(architecture, nn.Module):  # medseg networks record their arguments
             return getattr(architecture, "hparams", None), architecture
         elif isinstance(architecture, dict):
             spec = dict(architecture)
@@ -133,7 +133,8 @@ class Pipeline:
             raise TypeError(f"architecture must be a torch.nn.Module or a name, got {type(architecture).__name__}.")
         torch.manual_seed(self.training.seed)
         kwargs = {k: v for k, v in spec.items() if k != "name"}
-        return spec, architectures.create_architecture(spec["name"], **kwargs)
+        network = architectures.create_architecture(spec["name"], **kwargs)
+        return dict(getattr(network, "hparams", spec)), network
 
     def _build_loss(self, loss: nn.Module | str | None) -> tuple[str | None, nn.Module]:
         if loss is None:

@@ -194,8 +194,9 @@ def plan_dataset(
     pools = _pools(in_plane, spatial_dims)
     patch = _patch_size(in_plane, _BATCH_VOXELS[(kind, spatial_dims)] // 2, pools)
     batch = int(np.clip(_BATCH_VOXELS[(kind, spatial_dims)] // math.prod(patch), 2, _MAX_BATCH[spatial_dims]))
-    base = 32 if spatial_dims == 2 else 24
-    features = tuple(min(base * 2**i, 320 if spatial_dims == 3 else 512) for i in range(pools + 1))
+    # nnU-Net's widths on a GPU; half of them on a CPU, where a step must stay under a second
+    base, cap = (32, 320 if spatial_dims == 3 else 512) if kind == "cuda" else (16, 256)
+    features = tuple(min(base * 2**i, cap) for i in range(pools + 1))
     ct = any(m.upper() == "CT" for m in dataset.modality)
     num_classes = max(len(dataset.labels or {}), max(classes) + 1)
     names = tuple((dataset.labels or {}).get(i, "background" if i == 0 else f"class_{i}") for i in range(num_classes))

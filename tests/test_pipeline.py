@@ -51,9 +51,9 @@ def test_plan_of_the_disks_reads_classes_and_shape(disks):
 
 def test_a_tiny_training_learns_and_predicts_in_the_input_geometry(disks, tmp_path):
     pipe = _pipeline(FolderDataset(disks))
-    history = pipe.fit(epochs=4, iterations_per_epoch=15, output_dir=tmp_path / "run")
-    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
-    assert history[-1]["val_dice"] > 0.8
+    history = pipe.fit(epochs=6, iterations_per_epoch=15, output_dir=tmp_path / "run")
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert history[-1]["val_dice"] > 0.9
     written = pipe.predict(disks / "test", tmp_path / "pred")
     rows = medseg.evaluation.folders.evaluate_folders(tmp_path / "pred", disks / "test_masks")
     assert np.mean([r["dice"] for r in rows]) > 0.8

@@ -108,7 +108,9 @@ class DeepLabV3Plus(nn.Module):
         blocks: int = 1,
         norm: str = "instance",
     ) -> None:
+        hparams = {"name": "deeplabv3plus", **{k: v for k, v in locals().items() if k not in ("self", "__class__")}}
         super().__init__()
+        self.hparams = hparams  # the constructor arguments, so a Pipeline can save and rebuild it
         spatial_dims = check_spatial_dims(spatial_dims)
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}.")

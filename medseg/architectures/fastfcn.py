@@ -117,7 +117,9 @@ class FastFCN(nn.Module):
         blocks: int = 1,
         norm: str = "instance",
     ) -> None:
+        hparams = {"name": "fastfcn", **{k: v for k, v in locals().items() if k not in ("self", "__class__")}}
         super().__init__()
+        self.hparams = hparams  # the constructor arguments, so a Pipeline can save and rebuild it
         spatial_dims = check_spatial_dims(spatial_dims)
         if len(widths) < 3:
             raise ValueError(f"widths needs at least three stages for the JPU, got {widths!r}.")

@@ -114,7 +114,9 @@ class GatedSCNN(nn.Module):
         consistency_weight: float = 1.0,
         tau: float = 0.5,
     ) -> None:
+        hparams = {"name": "gatedscnn", **{k: v for k, v in locals().items() if k not in ("self", "__class__")}}
         super().__init__()
+        self.hparams = hparams  # the constructor arguments, so a Pipeline can save and rebuild it
         spatial_dims = check_spatial_dims(spatial_dims)
         shape_channels = check_positive_ints(shape_channels, argument="shape_channels")
         if len(shape_channels) != 3 or len(widths) < 4 or output_stride not in (8, 16):

@@ -104,7 +104,9 @@ class UNet(nn.Module):
         downsample: str = "conv",
         dropout: float = 0.0,
     ) -> None:
+        hparams = {"name": "unet", **{k: v for k, v in locals().items() if k not in ("self", "__class__")}}
         super().__init__()
+        self.hparams = hparams  # the constructor arguments, so a Pipeline can save and rebuild it
         spatial_dims = check_spatial_dims(spatial_dims)
         check_positive_ints((in_channels, out_channels), argument="in_channels/out_channels")
         features = check_positive_ints(features, argument="features")

@@ -103,6 +103,22 @@ def _architectures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cv(args: argparse.Namespace) -> int:
+    from .evaluation import cross_validate
+    from .pipeline import Pipeline
+    from .training import TrainingConfig
+
+    pipe = Pipeline(args.data, spatial_dims=args.spatial_dims, architecture=args.architecture, loss=args.loss,
+                    training=TrainingConfig(seed=args.seed, workers=args.workers), device=args.device)
+    print(pipe.plan)
+    summary = cross_validate(pipe, folds=args.folds, output_dir=args.out, seed=args.seed, epochs=args.epochs,
+                             iterations_per_epoch=args.iterations_per_epoch, time_limit=args.time_limit)
+    for label, dice in summary["mean_dice"].items():
+        print(f"  mean Dice label {label}: {dice:.4f}")
+    print(f"report: {summary['report']}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -130,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.set_defaults(func=_train)
+
+    cv = sub.add_parser("cv", help="k-fold cross-validation with a report; rerun to resume")
+    cv.add_argument("data", help="the dataset folder")
+    cv.add_argument("--out", required=True, help="run folder (folds, predictions, report)")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--epochs", type=int, default=None)
+    cv.add_argument("--iterations-per-epoch", type=int, default=None)
+    cv.add_argument("--time-limit", type=float, default=None, help="seconds of training per fold")
+    cv.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None)
+    cv.add_argument("--architecture", default=None)
+    cv.add_argument("--loss", default=None)
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--workers", type=int, default=1)
+    cv.add_argument("--device", default=None)
+    cv.set_defaults(func=_cv)
 
     predict = sub.add_parser("predict", help="predict a file or folder with a trained run")
     predict.add_argument("run", help="a run folder from `medseg train`")

@@ -1,5 +1,6 @@
 """Spacing-aware metrics, validation splits, cross-validation and reports."""
 
+from .cross_validation import cross_validate
 from .folders import evaluate_folders, write_metrics_csv
 from .metrics import METRIC_NAMES, compute_metrics, dice_per_label, metrics_to_rows, summarize
 from .report import OverlayCase, write_report
@@ -9,6 +10,7 @@ __all__ = [
     "METRIC_NAMES",
     "OverlayCase",
     "compute_metrics",
+    "cross_validate",
     "dice_per_label",
     "evaluate_folders",
     "kfold_splits",

@@ -12,16 +12,18 @@ __all__ = ["main"]
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .io import open_dataset
     from .pipeline import Pipeline
     from .training import TrainingConfig
 
     config = TrainingConfig(seed=args.seed, workers=args.workers, optimizer=args.optimizer)
+    data = open_dataset(args.data, group_pattern=args.group_pattern)
     if args.resume and (Path(args.out) / "pipeline.json").is_file():
-        pipe = Pipeline.load(args.out, args.data, device=args.device)
+        pipe = Pipeline.load(args.out, data, device=args.device)
         pipe.training = config
         train_ids, val_ids = pipe.split.get("train"), pipe.split.get("val")
     else:
-        pipe = Pipeline(args.data, spatial_dims=args.spatial_dims, architecture=args.architecture,
+        pipe = Pipeline(data, spatial_dims=args.spatial_dims, architecture=args.architecture,
                         loss=args.loss, training=config, device=args.device)
         train_ids = val_ids = None
     print(pipe.plan)
@@ -105,10 +107,11 @@ def _architectures(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     from .evaluation import cross_validate
+    from .io import open_dataset
     from .pipeline import Pipeline
     from .training import TrainingConfig
 
-    pipe = Pipeline(args.data, spatial_dims=args.spatial_dims, architecture=args.architecture, loss=args.loss,
+    pipe = Pipeline(open_dataset(args.data, group_pattern=args.group_pattern), spatial_dims=args.spatial_dims, architecture=args.architecture, loss=args.loss,
                     training=TrainingConfig(seed=args.seed, workers=args.workers), device=args.device)
     print(pipe.plan)
     summary = cross_validate(pipe, folds=args.folds, output_dir=args.out, seed=args.seed, epochs=args.epochs,
@@ -140,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--architecture", default=None, help="unet, deeplabv3plus, fastfcn, gatedscnn, ...")
     train.add_argument("--loss", default=None, help="e.g. dice+ce, dice+boundary, focal")
     train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (0: none)")
+    train.add_argument("--group-pattern", default=None,
+                       help=r"regex whose group 1 is a case's subject, kept on one side of splits (e.g. '^(\d+)_')")
     train.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=1, help="data loader processes")
@@ -158,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--architecture", default=None)
     cv.add_argument("--loss", default=None)
     cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--group-pattern", default=None, help="regex whose group 1 is a case's subject")
     cv.add_argument("--workers", type=int, default=1)
     cv.add_argument("--device", default=None)
     cv.set_defaults(func=_cv)

@@ -7,7 +7,6 @@ resume a run that was stopped (finished folds are kept, the running one continue
 import argparse
 
 import medseg
-from medseg.evaluation.cross_validation import cross_validate
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("data", help="an MSD/nnU-Net folder, or a folder with images/ and labels/ (or masks/)")
@@ -17,7 +16,7 @@ parser.add_argument("--out", default="runs/cv")
 args = parser.parse_args()
 
 pipe = medseg.Pipeline(medseg.open_dataset(args.data))  # plans spacing, patch and network
-summary = cross_validate(pipe, args.folds, output_dir=args.out, time_limit=args.time_limit)
+summary = medseg.evaluation.cross_validate(pipe, args.folds, output_dir=args.out, time_limit=args.time_limit)
 for label, dice in summary["mean_dice"].items():  # each case scored by the fold that left it out
     print(f"label {label}: mean Dice {dice:.4f}")
 print(f"report: {summary['report']}; medseg.Pipeline.load({args.out!r}) loads the fold ensemble")

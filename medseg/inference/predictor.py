@@ -83,7 +83,8 @@ def predict_probabilities(
     """
     networks = [networks] if isinstance(networks, nn.Module) else list(networks)
     device = torch.device(device)
-    x = torch.from_numpy(np.array(image, dtype=np.float32))
+    array = np.ascontiguousarray(image, dtype=np.float32)
+    x = torch.from_numpy(array if array.flags.writeable else array.copy())  # no copy unless read-only
     if slice_axis is not None:  # slices become the batch
         x = x.movedim(slice_axis + 1, 0)
     else:

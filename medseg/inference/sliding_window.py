@@ -116,7 +116,7 @@ def sliding_window_inference(
         batch = torch.stack([inputs[i] for i in index]).to(sw_device)
         result = predictor(batch)
         result = result[0] if isinstance(result, (tuple, list)) else result
-        result = (result * weights).to(device)
+        result = result.mul_(weights).to(device) if not result.requires_grad else (result * weights).to(device)
         if output is None:
             output = torch.zeros((inputs.shape[0], result.shape[1], *size), dtype=result.dtype, device=device)
             count = torch.zeros((1, 1, *size), dtype=result.dtype, device=device)

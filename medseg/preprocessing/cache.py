@@ -61,7 +61,8 @@ def _build(args: tuple[Dataset, Sequence[Step], str, Path]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _save(folder / "image.npy", np.ascontiguousarray(sample.image, dtype=np.float32))
     if sample.label is not None:
-        _save(folder / "label.npy", np.ascontiguousarray(sample.label, dtype=np.int8))
+        dtype = np.int8 if sample.label.max(initial=0) < 128 else np.int16
+        _save(folder / "label.npy", np.ascontiguousarray(sample.label, dtype=dtype))
         with atomic_path(folder / "foreground.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **_foreground(sample.label, seed=len(case)))
     with atomic_path(folder / "geometry.json") as tmp:  # written last: marks the case complete

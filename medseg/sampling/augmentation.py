@@ -80,7 +80,7 @@ class Augmentation:
                             spatial_size=size, padding_mode="zeros", image_only=True)
             image = np.asarray(affine(torch.from_numpy(np.ascontiguousarray(image)), mode="bilinear"))
             label = np.asarray(affine(torch.from_numpy(label[None].astype(np.float32)), mode="nearest"))[0]
-        image = image.astype(np.float32, copy=True)
+        image = image.astype(np.float32, copy=False)  # crops are fresh arrays; flips return views
         label = np.asarray(label)
         for axis in params["flip"]:
             image, label = np.flip(image, axis + 1), np.flip(label, axis)
@@ -92,7 +92,9 @@ class Augmentation:
             low, high = image.min(), image.max()
             span = max(float(high - low), 1e-8)
             image = ((image - low) / span) ** params["gamma"] * span + low
-        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label).astype(np.int64)
+        # labels stay 8-bit on their way through the workers; the trainer widens them on device
+        dtype = np.int8 if label.max(initial=0) < 128 else np.int16
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=dtype)
 
     def config(self) -> dict[str, Any]:
         return asdict(self)

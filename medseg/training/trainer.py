@@ -144,6 +144,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (1 - done) ** 0.9
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            batch["label"] = batch["label"].long()
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 value = _step_loss(network, loss, batch)
             optimizer.zero_grad(set_to_none=True)

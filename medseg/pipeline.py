@@ -3,8 +3,6 @@ with ``fit``, ``predict``, ``evaluate``, ``save`` and ``load``."""
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -20,12 +18,30 @@ from .errors import DataError, MedsegError
 from .evaluation.metrics import compute_metrics, dice_per_label
 from .evaluation.splits import split_validation
 from .inference import InferenceConfig, keep_largest_component, predict_probabilities
-from .io import Dataset, Sample, atomic_path, find_images, io_for, load_image, open_dataset, output_suffix, write_label_file
+from .io import (
+    Dataset,
+    Sample,
+    find_images,
+    load_image,
+    open_dataset,
+    output_suffix,
+    write_label_file,
+)
+from .persistence import load_pipeline, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
-from .preprocessing import CropForeground, CTNormalize, Pad, Resample, Step, ZScore, create_step, invert, preprocess
+from .preprocessing import (
+    CropForeground,
+    CTNormalize,
+    Pad,
+    Resample,
+    Step,
+    ZScore,
+    invert,
+    preprocess,
+)
 from .preprocessing.cache import PreprocessedCases
 from .sampling import PatchSampler, PatchStream, create_augmentation, make_loader
-from .training import TrainingConfig, load_checkpoint, save_checkpoint, train
+from .training import TrainingConfig, train
 
 __all__ = ["Pipeline"]
 
@@ -354,16 +370,11 @@ class Pipeline:
         }
 
     def _write_config(self, folder: Path) -> None:
-        with atomic_path(folder / "pipeline.json") as tmp:
-            tmp.write_text(json.dumps(self.config(), indent=2))
+        write_config(self.config(), folder)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``pipeline.json`` and ``model.pt`` (weights only) into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": self.network.state_dict()}, folder / "model.pt")
-        self._write_config(folder)
-        return folder
+        return save_pipeline(self, folder)
 
     @classmethod
     def load(
@@ -387,39 +398,7 @@ class Pipeline:
             loss: replaces the saved loss.
             device: where to run.
         """
-        folder = Path(folder)
-        folds = sorted(p.parent for p in folder.glob("fold_*/model.pt"))
-        if not (folder / "pipeline.json").is_file() and folds:  # a cross-validation run: ensemble
-            pipe = cls.load(folds[0], data, architecture=architecture, loss=loss, device=device)
-            for fold in folds[1:]:
-                member = cls.load(fold, architecture=copy.deepcopy(architecture) if architecture is not None else None,
-                                  device=device)
-                pipe.ensemble.append(member.network)
-            return pipe
-        config_path = folder / "pipeline.json"
-        if not config_path.is_file():
-            raise DataError(f"{folder}: no pipeline.json; is this a folder written by Pipeline.save or medseg train?")
-        config = json.loads(config_path.read_text())
-        spec = config["architecture"]
-        if architecture is None and spec is None:
-            raise MedsegError(f"{folder}: the network was a custom module; pass it as `architecture=`.")
-        inference = config["inference"]
-        pipe = cls(
-            data,
-            plan=Plan.from_dict(config["plan"]),
-            preprocessing=[create_step(**s) for s in config["preprocessing"]],
-            sampler=PatchSampler(**config["sampler"]),
-            architecture=architecture if architecture is not None else spec,
-            loss=loss if loss is not None else config["loss"],
-            training=TrainingConfig(**config["training"]),
-            inference=InferenceConfig(**inference),
-            device=device,
-        )
-        weights = folder / "model.pt" if (folder / "model.pt").is_file() else folder / "checkpoint.pt"
-        pipe.network.load_state_dict(load_checkpoint(weights)["model"])
-        pipe.network.to(pipe.device)
-        pipe.split, pipe.history = config.get("split", {}), config.get("history", [])
-        return pipe
+        return load_pipeline(cls, folder, data, architecture=architecture, loss=loss, device=device)
 
     def __repr__(self) -> str:
         return (f"Pipeline(data={self.data!r}, spatial_dims={self.plan.spatial_dims}, patch={self.plan.patch_size}, "

@@ -31,7 +31,7 @@ __all__ = ["Plan", "fingerprint_dataset", "plan_dataset"]
 _BATCH_VOXELS = {("cpu", 2): 6 * 320 * 224, ("cpu", 3): 4 * 40 * 56 * 40,
                  ("cuda", 2): 12 * 512 * 512, ("cuda", 3): 2 * 128 * 128 * 128}
 # Largest median image (voxels) trained at full resolution; larger data is coarsened.
-_IMAGE_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 160 ** 3, ("cuda", 2): 1024 * 1024, ("cuda", 3): 320 ** 3}
+_IMAGE_VOXELS = {("cpu", 2): 192 * 192, ("cpu", 3): 160 ** 3, ("cuda", 2): 1024 * 1024, ("cuda", 3): 320 ** 3}
 _MAX_BATCH = {2: 16, 3: 8}
 
 

@@ -1,6 +1,14 @@
 """Reading and writing cases with their exact geometry."""
 
-from .datasets import CaseFiles, Dataset, FolderDataset, MSDDataset, find_images, load_image, open_dataset
+from .datasets import (
+    CaseFiles,
+    Dataset,
+    FolderDataset,
+    MSDDataset,
+    find_images,
+    load_image,
+    open_dataset,
+)
 from .files import atomic_path, case_id_of, full_suffix
 from .readers import (
     READERS,

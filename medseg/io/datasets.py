@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataError
 from .files import case_id_of, full_suffix
 from .readers import READERS, Image2DIO, read_image_file
-from .sample import Sample
+from .sample import Geometry, Sample
 
 __all__ = ["CaseFiles", "Dataset", "FolderDataset", "MSDDataset", "find_images", "load_image", "open_dataset"]
 
@@ -152,7 +152,7 @@ class Dataset:
         return label.astype(np.int16 if values.max() > 127 else np.int8)
 
 
-def load_image(files: Sequence[Path]) -> tuple[np.ndarray, "Geometry"]:  # noqa: F821
+def load_image(files: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     """Read the channel files of one case into ``(C, *spatial)`` float32, checked for NaN/Inf."""
     arrays, geometry = [], None
     for file in files:

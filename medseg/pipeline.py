@@ -52,13 +52,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _data_patch(plan: Plan, data_dims: int) -> tuple[int, ...]:
-    size = list(plan.patch_size)
-    if plan.slice_axis is not None and len(size) < data_dims:
-        size.insert(plan.slice_axis, 1)
-    return tuple(size)
-
-
 class Pipeline:
     """Data in, trained model and predictions out, every part replaceable.
 
@@ -126,7 +119,7 @@ class Pipeline:
     def _default_steps(self) -> list[Step]:
         normalize: Step = CTNormalize() if self.plan.normalization == "ct" else ZScore()
         return [CropForeground(), Resample(spacing=self.plan.target_spacing), normalize,
-                Pad(min_shape=_data_patch(self.plan, self.data_dims))]
+                Pad(min_shape=self.sampler.data_patch(self.data_dims))]
 
     def _fit_steps(self, steps: Sequence[Step] | None) -> list[Step]:
         steps = list(steps) if steps is not None else self._default_steps()

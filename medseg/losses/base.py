@@ -8,6 +8,7 @@ stacks them into ``(B, ...)`` tensors and passes them to ``forward`` as keyword 
 
 from __future__ import annotations
 
+import abc
 import numbers
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["Loss", "as_labels", "one_hot", "spatial_axes"]
 
 
-class Loss(nn.Module):
+class Loss(nn.Module, abc.ABC):
     """A segmentation loss: ``forward(logits, target, **extras) -> scalar``.
 
     Subclasses implement ``forward``; those that need maps derived from the target override
@@ -41,6 +42,7 @@ class Loss(nn.Module):
         super().__init__()
         self.epoch = 0
 
+    @abc.abstractmethod
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor
     ) -> torch.Tensor:
@@ -55,7 +57,6 @@ class Loss(nn.Module):
         Returns:
             The scalar loss, averaged over the batch.
         """
-        raise NotImplementedError
 
     def precompute(
         self, target: np.ndarray, num_classes: int, spacing: tuple[float, ...] | None = None

@@ -8,6 +8,7 @@ Usage:
     python bench/run.py                  # full size: a few minutes on a laptop
     nice -n 19 python bench/run.py --quick   # toy sizes, under a minute: checks the scripts run
     python bench/run.py --only sampling --threads 1
+    python bench/bench_training.py --json training.json && python bench/run.py --add-rows training.json
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from common import load_rows, machine, markdown
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("inference", "sampling", "preprocessing")
+LONG = ("training",)  # tens of minutes: run on request (--only training) or fold in with --add-rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the benches run (< 60 s)")
-    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benches to run")
+    parser.add_argument("--only", nargs="+", choices=BENCHES + LONG, default=BENCHES, help="benches to run")
+    parser.add_argument("--add-rows", type=Path, nargs="*", default=[],
+                        help="rows a bench wrote with --json on its own (e.g. bench_training.py) to add to the table")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for inference (default: torch's; 1 with --quick)")
     parser.add_argument("--out", type=Path, default=HERE / "results.md", help="where the table is written")
@@ -49,6 +53,8 @@ def main() -> None:
                 failed.append(name)
             if out.exists():
                 rows += load_rows(out)
+    for extra in args.add_rows:
+        rows += load_rows(extra)
     mode = "**--quick: toy sizes, the numbers only show that the scripts run.**\n\n" if args.quick else ""
     text = (f"# medseg side by side with MONAI and TorchIO\n\n{mode}{header}\n\n"
             f"Command: `python bench/run.py {' '.join(sys.argv[1:])}` ({time.perf_counter() - start:.0f} s). "

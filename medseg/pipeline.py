@@ -130,7 +130,7 @@ class Pipeline:
     def _build_network(self, architecture: nn.Module | str | None) -> tuple[dict[str, Any] | None, nn.Module]:
         plan = self.plan
         common = {"spatial_dims": plan.spatial_dims, "in_channels": plan.in_channels, "out_channels": plan.num_classes}
-        if architecture is None:
+        if architecture is None or architecture == "unet":  # the planned widths, named or not
             spec = {"name": "unet", **common, "features": list(plan.features)}
         elif isinstance(architecture, str):
             spec = {"name": architecture, **common}

@@ -44,3 +44,11 @@ def disk_images(n: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> list
         image = (60 + 120 * label + rng.normal(0, 25, size)).clip(0, 255).astype(np.uint8)
         out.append((image, label))
     return out
+
+
+@pytest.fixture(params=["2d", "3d"])
+def batch(request: pytest.FixtureRequest):
+    """Logits and labels of the loss tests, in 2D and 3D (see loss_cases.make_batch)."""
+    from loss_cases import SHAPES, make_batch
+
+    return make_batch(SHAPES[request.param])

@@ -49,6 +49,16 @@ def test_plan_of_the_disks_reads_classes_and_shape(disks):
     assert plan.patch_size == (48, 64) and len(plan.features) == 4
 
 
+def test_unet_by_name_is_the_planned_unet(disks):
+    """Naming "unet" gives the network the plan sized, not the catalogue's default widths."""
+    data = FolderDataset(disks)
+    default, named = medseg.Pipeline(data, device="cpu"), medseg.Pipeline(data, architecture="unet", device="cpu")
+    assert named.architecture_spec == default.architecture_spec
+    assert named.architecture_spec["features"] == list(default.plan.features)
+    count = lambda pipe: sum(p.numel() for p in pipe.network.parameters())  # noqa: E731
+    assert count(named) == count(default)
+
+
 def test_a_tiny_training_learns_and_predicts_in_the_input_geometry(disks, tmp_path):
     pipe = _pipeline(FolderDataset(disks))
     history = pipe.fit(epochs=6, iterations_per_epoch=15, output_dir=tmp_path / "run")

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from medseg.evaluation import plots as plots_module
 from medseg.evaluation import report as report_module
 from medseg.evaluation.metrics import METRIC_NAMES, compute_metrics, metrics_to_rows
 from medseg.evaluation.report import OverlayCase, write_report
@@ -176,9 +177,9 @@ def test_pick_slice_and_2d_overlay(tmp_path):
     reference = np.zeros((6, 6, 5), dtype=np.int64)
     reference[1:3, 1:3, 1] = 1
     reference[1:5, 1:5, 3] = 1
-    assert report_module._pick_slice(reference, reference) == 3
-    assert report_module._pick_slice(np.zeros_like(reference), reference) == 3
-    assert report_module._pick_slice(np.zeros_like(reference), np.zeros_like(reference)) == 2
+    assert plots_module._pick_slice(reference, reference) == 3
+    assert plots_module._pick_slice(np.zeros_like(reference), reference) == 3
+    assert plots_module._pick_slice(np.zeros_like(reference), np.zeros_like(reference)) == 2
     rng = np.random.default_rng(1)
     image, ref2d, pred2d = make_case(rng, (20, 24), shift=1)
     rows = metrics_to_rows(compute_metrics(pred2d, ref2d), case="flat/2d", fold=None)

@@ -99,7 +99,7 @@ def predict_probabilities(
                 x, tuple(roi_size), config.sw_batch_size, _forward(network, mirror_axes),
                 overlap=config.overlap, mode=config.mode, sw_device=device, device="cpu",
             )
-        total = out.float() if total is None else total + out.float()
+        total = out.float() if total is None else total.add_(out)  # in place: one buffer for the ensemble
     assert total is not None
     total /= len(networks)
     total = total.movedim(0, slice_axis + 1) if slice_axis is not None else total[0]

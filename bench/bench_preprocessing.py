@@ -63,11 +63,14 @@ def timed_build(data: Dataset, steps: list, cache_dir: Path) -> dict[str, float]
 
 
 def nnunet_plan_and_preprocess(bin_dir: Path, data: Path, workers: int) -> float:
-    """HOOK, not run by default and not tested here: seconds of nnU-Net v2's plan and preprocess.
+    """Seconds of nnU-Net v2's plan and preprocess (run only with ``--nnunet-bin``; not tested).
 
-    Set nnU-Net v2 up in its own virtual environment (its torch must not replace this one)::
+    Set nnU-Net v2 up in its own virtual environment that sees this torch (a plain ``pip install
+    nnunetv2`` pulls a multi-GB CUDA torch)::
 
-        python -m venv /opt/nnunet && /opt/nnunet/bin/pip install nnunetv2
+        python -m venv --system-site-packages /opt/nnunet
+        echo "torch==$(python -c 'import torch; print(torch.__version__.split("+")[0])')" > /tmp/torch.txt
+        /opt/nnunet/bin/pip install nnunetv2 -c /tmp/torch.txt
         python bench/bench_preprocessing.py --nnunet-bin /opt/nnunet/bin
 
     The MSD folder is converted first (``nnUNetv2_convert_MSD_dataset``, untimed) into a temporary
@@ -129,7 +132,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="an MSD Task04 hippocampus folder")
     parser.add_argument("--repeats", type=int, default=None, help="cold runs (each followed by 3 warm ones)")
     parser.add_argument("--nnunet-bin", type=Path, default=None,
-                        help="bin/ of a venv with nnunetv2 (HOOK: times nnUNetv2_plan_and_preprocess too)")
+                        help="bin/ of a venv with nnunetv2: times nnUNetv2_plan_and_preprocess too")
     parser.add_argument("--json", default=None, help="also write the rows here (for bench/run.py)")
     args = parser.parse_args()
     data = args.data

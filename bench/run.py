@@ -31,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the benches run (< 60 s)")
     parser.add_argument("--only", nargs="+", choices=BENCHES + LONG, default=BENCHES, help="benches to run")
+    parser.add_argument("--nnunet-bin", type=Path, default=None,
+                        help="bin/ of a venv with nnunetv2: times nnUNetv2_plan_and_preprocess next to medseg's preprocessing")
     parser.add_argument("--add-rows", type=Path, nargs="*", default=[],
                         help="rows a bench wrote with --json on its own (e.g. bench_training.py) to add to the table")
     parser.add_argument("--threads", type=int, default=None,
@@ -48,6 +50,8 @@ def main() -> None:
             threads = args.threads or (1 if args.quick else None)
             if name == "inference" and threads:
                 command += ["--threads", str(threads)]
+            if name == "preprocessing" and args.nnunet_bin:
+                command += ["--nnunet-bin", str(args.nnunet_bin)]
             print(f"# running {' '.join(command[1:2] + command[4:])}", flush=True)
             if subprocess.run(command).returncode != 0:
                 failed.append(name)

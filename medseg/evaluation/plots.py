@@ -103,9 +103,12 @@ def plot_histories(path: Path, histories: Mapping[Any, History]) -> Path:
                 marker = "." if len(pairs) < 30 else None
                 colour = f"C{number % 10}"  # one colour per fold in both panels
                 axes.plot(epochs, values, marker=marker, color=colour, label=f"fold {fold}")
+    from matplotlib.ticker import MaxNLocator
+
     for axes, name in ((loss_axes, "training loss"), (dice_axes, "validation Dice")):
         axes.set_title(name)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         if axes.lines:
             axes.legend(fontsize="small")
     return _save_png(figure, path)

@@ -82,7 +82,10 @@ def nnunet_plan_and_preprocess(bin_dir: Path, data: Path, workers: int) -> float
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             Path(env[k]).mkdir()
         task = Path(tmp) / "Task04_Hippocampus"  # the converter reads the task id off the name
-        task.symlink_to(data.resolve(), target_is_directory=True)
+        task.mkdir()
+        for entry in ("dataset.json", "imagesTr", "labelsTr"):
+            (task / entry).symlink_to((data / entry).resolve())
+        (task / "imagesTs").mkdir()  # the converter insists on one; the test cases are not timed
         subprocess.run([str(bin_dir / "nnUNetv2_convert_MSD_dataset"), "-i", str(task), "-overwrite_id", "4",
                         "-np", str(workers)], env=env, check=True)
         start = time.perf_counter()
@@ -117,9 +120,14 @@ def run(quick: bool, data_dir: Path = DATA, nnunet_bin: Path | None = None, repe
     ]
     total = Stats.of([p + c["wall_s"] for p, c in zip(plans, cold, strict=True)])
     if nnunet_bin is not None and not quick:
-        nnunet = Stats.of([nnunet_plan_and_preprocess(nnunet_bin, data_dir, workers)])
-        rows.append(Row("preprocessing", f"plan + cold preprocessing, {n} cases", "s", total,
-                        "nnUNetv2_plan_and_preprocess 3d_fullres", nnunet))
+        try:
+            nnunet = Stats.of([nnunet_plan_and_preprocess(nnunet_bin, data_dir, workers)])
+            rows.append(Row("preprocessing", f"plan + cold preprocessing, {n} cases", "s", total,
+                            "nnUNetv2_plan_and_preprocess 3d_fullres", nnunet,
+                            note=f"nnU-Net with {workers} processes (-np, -npfp), one run"))
+        except (OSError, subprocess.CalledProcessError) as error:  # keep medseg's rows
+            rows.append(Row("preprocessing", f"plan + cold preprocessing, {n} cases", "s", total,
+                            note=f"nnU-Net failed: {error}"))
     else:
         rows.append(Row("preprocessing", f"plan + cold preprocessing, {n} cases", "s", total,
                         note="nnU-Net: not run (needs --nnunet-bin <venv>/bin, full mode; see README)"))

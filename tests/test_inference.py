@@ -72,3 +72,15 @@ def test_slice_by_slice_prediction_equals_a_loop_over_slices():
     np.testing.assert_allclose(out[1], expected, atol=1e-5)
     mirrored = predict_probabilities(_Scale(), image, roi_size=(16, 16), config=InferenceConfig(mirror=True), slice_axis=2)
     np.testing.assert_allclose(mirrored[1], expected, atol=1e-5)  # a flip-equivariant model
+
+
+def test_an_ensemble_averages_its_members_probabilities():
+    """nnU-Net's fold ensemble: the mean of each member's softmax, summed in one buffer."""
+    torch.manual_seed(0)
+    members = [torch.nn.Conv3d(1, 3, 3, padding=1) for _ in range(3)]
+    image = np.random.default_rng(0).standard_normal((1, 30, 22, 18)).astype(np.float32)
+    config = InferenceConfig(overlap=0.5, mode="gaussian", sw_batch_size=2)
+    alone = [predict_probabilities(m, image, roi_size=(16, 16, 16), config=config) for m in members]
+    together = predict_probabilities(members, image, roi_size=(16, 16, 16), config=config)
+    np.testing.assert_allclose(together, np.mean(alone, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(together.sum(0), 1.0, rtol=1e-5)

@@ -128,7 +128,9 @@ def train(
         by_time = (time.monotonic() - began) / config.time_limit if config.time_limit else 0.0
         return min(1.0, max(step / total_steps, by_time))
 
-    bar = tqdm(total=config.epochs, initial=start_epoch, desc="training", unit="epoch", dynamic_ncols=True)
+    # the bar shows the share of the run done, by steps or by the time limit, whichever ends it
+    bar = tqdm(total=100, initial=round(100 * progress(start_epoch * config.iterations_per_epoch)), desc="training",
+               bar_format="{l_bar}{bar}| {elapsed}{postfix}", dynamic_ncols=True)
     for epoch in range(start_epoch, config.epochs):
         if progress(epoch * config.iterations_per_epoch) >= 1.0:
             break
@@ -166,8 +168,8 @@ def train(
             save_checkpoint({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                              "epoch": epoch + 1, "elapsed": record["time"], "history": history}, checkpoint)
         left = _time_left(record["time"], epoch + 1 - start_epoch, config, start_epoch, spent)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)
-        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)
+        bar.update(round(100 * progress((epoch + 1) * config.iterations_per_epoch)) - bar.n)
     bar.close()
     return history
 

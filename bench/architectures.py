@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--time-3d", type=float, default=90)
     parser.add_argument("--names", nargs="*", default=list(NAMES))
     parser.add_argument("--batch-2d", type=int, default=4,
-                        help="2D batch size (the CPU plan's 10 images of 256x160 take 3 s a step: too few steps in 5 minutes)")
+                        help="2D batch size for every network (0: the plan's; the recorded table used 4)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("architectures.md")))
     args = parser.parse_args()
     hc18 = medseg.FolderDataset(DATA / "hc18-fetal-head-ultrasound", group_pattern=r"^(\d+)_")

@@ -74,7 +74,7 @@ def plot_box(folder: Path, rows: Sequence[Row], metric: str) -> Path:
     for fold, (xs, ys) in points.items():
         if xs:
             axes.scatter(xs, ys, s=12, alpha=0.7, label=f"fold {fold}")
-    n_left_out = sum(1 for row in rows if metric in row and not _finite(row[metric]))
+    n_left_out = sum(1 for row in rows if metric in row and not finite(row[metric]))
     note = f" ({n_left_out} non-finite left out)" if n_left_out else ""
     axes.set_title(f"{metric}{note}")
     axes.set_xticks(range(1, len(labels) + 1), [f"label {label}" for label in labels])
@@ -84,7 +84,8 @@ def plot_box(folder: Path, rows: Sequence[Row], metric: str) -> Path:
     return _save_png(figure, folder / f"boxplot_{metric}.png")
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """A value that is there and is a finite number."""
     return value is not None and math.isfinite(float(value))
 
 
@@ -96,7 +97,7 @@ def plot_histories(path: Path, histories: Mapping[Any, History]) -> Path:
             pairs = [
                 (entry.get("epoch", index), entry[key])
                 for index, entry in enumerate(history)
-                if _finite(entry.get(key))
+                if finite(entry.get(key))
             ]
             if pairs:
                 epochs, values = zip(*pairs, strict=True)
@@ -164,7 +165,3 @@ def _legend_line(colour: str, style: str, text: str):
     from matplotlib.lines import Line2D
 
     return Line2D([], [], color=colour, linestyle=style, label=text)
-
-
-def _finite(value: Any) -> bool:
-    return value is not None and math.isfinite(float(value))

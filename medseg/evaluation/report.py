@@ -14,14 +14,12 @@ user's pyplot backend is left alone.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +28,14 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from medseg.evaluation.metrics import METRIC_NAMES, summarize
-from medseg.evaluation.plots import plot_box, plot_histories, plot_overlay, require_matplotlib
+from medseg.evaluation.plots import (
+    finite,
+    plot_box,
+    plot_histories,
+    plot_overlay,
+    require_matplotlib,
+)
+from medseg.io.files import atomic_path
 
 __all__ = ["OverlayCase", "write_report"]
 
@@ -52,17 +57,9 @@ class OverlayCase(NamedTuple):
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` through a temporary file in the same folder, then ``os.replace`` it."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    """Write ``path`` through a temporary file in the same folder, then move it into place."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        write(handle)
     return path
 
 
@@ -157,17 +154,13 @@ def _check_overlay(case: str, arrays: OverlayCase) -> OverlayCase:
     return OverlayCase(image, reference, prediction)
 
 
-def _finite(value: Any) -> bool:
-    return value is not None and math.isfinite(float(value))
-
-
 # --- overlay selection and Markdown -------------------------------------------------------------
 
 
 def _mean_dice(rows: Sequence[Row]) -> dict[str, float]:
     collected: dict[str, list[float]] = {}
     for row in rows:
-        if _finite(row.get("dice")):
+        if finite(row.get("dice")):
             collected.setdefault(str(row["case"]), []).append(float(row["dice"]))
     return {case: float(np.mean(values)) for case, values in collected.items()}
 

@@ -2,7 +2,8 @@
 
 A MONAI user swaps one import: the windows, the Gaussian weights and the blending are MONAI's, so
 the probabilities agree to float precision; the output buffers may live on the CPU while windows
-run on the GPU, and every window of a batch is gathered and scattered with plain slicing.
+run on the GPU, every window of a batch is gathered and scattered with plain slicing, and on the
+CPU a batch of one window runs its 3D convolutions on oneDNN (:mod:`.kernels`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import look_up_option
+from .kernels import onednn_convolutions
 
 __all__ = ["importance_map", "sliding_window_inference", "window_starts"]
 
@@ -131,7 +133,8 @@ def sliding_window_inference(
         chunk = windows[first : first + sw_batch_size]
         index = [(b, slice(None), *(slice(o, o + r) for o, r in zip(origin, roi))) for b, origin in chunk]
         batch = torch.stack([inputs[i] for i in index]).to(sw_device)
-        result = predictor(batch)
+        with onednn_convolutions(sw_device.type == "cpu"):
+            result = predictor(batch)
         result = result[0] if isinstance(result, (tuple, list)) else result
         result = result.mul_(weights).to(device) if not result.requires_grad else (result * weights).to(device)
         if output is None:

@@ -81,9 +81,17 @@ def main() -> None:
     parser.add_argument("--batch-2d", type=int, default=4,
                         help="2D batch size for every network (0: the plan's; the recorded table used 4)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("architectures.md")))
+    parser.add_argument("--predictions-only", action="store_true",
+                        help="only re-time 's / prediction' in 3D (untrained weights: the time does not depend on them)")
     args = parser.parse_args()
     hc18 = medseg.FolderDataset(DATA / "hc18-fetal-head-ultrasound", group_pattern=r"^(\d+)_")
     hippo = medseg.MSDDataset(DATA / "msd-task04-hippocampus")
+    if args.predictions_only:
+        plan = medseg.Pipeline(hippo, device="cpu").plan
+        for name in args.names:
+            pipe = medseg.Pipeline(hippo, plan=plan, architecture=name, training=medseg.TrainingConfig(workers=1), device="cpu")
+            print(f"{name} 3D: {_predict_seconds(pipe, pipe._split(None, None, 0.2)[1][:5]):.3f} s / prediction", flush=True)
+        return
     rows = []
     for dims, data, seconds in ((2, hc18, args.time_2d), (3, hippo, args.time_3d)):
         plan = medseg.Pipeline(data, spatial_dims=dims, device="cpu").plan

@@ -98,6 +98,10 @@ def train(
 ) -> list[dict[str, float]]:
     """Train ``network`` on ``batches`` and return the history (one dict per epoch).
 
+    Each record has ``epoch``, ``loss`` (mean of the epoch's steps), ``steps`` and ``time`` (wall
+    seconds since the run began, at the end of the epoch's steps, earlier validations included);
+    with ``validate``, also ``val_dice`` and ``val_seconds`` (how long that validation took).
+
     Args:
         network: the model (moved to ``device``).
         loss: ``loss(logits, target, **extras)``.
@@ -160,7 +164,9 @@ def train(
         record = {"epoch": epoch + 1, "loss": float(running) / max(steps, 1), "steps": steps,
                   "time": time.monotonic() - began}
         if validate is not None:
+            checked = time.monotonic()
             record["val_dice"] = float(validate())
+            record["val_seconds"] = time.monotonic() - checked  # later epochs' "time" includes it
         history.append(record)
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {record['loss']}); lower the learning rate.")

@@ -79,16 +79,18 @@ def _conv_transpose3d(a: dict) -> torch.Tensor | None:
     return y if a["bias"] is None else y.add_(a["bias"].view(1, -1, 1, 1, 1))
 
 
+_FAST = {
+    torch.conv3d: lambda args, kwargs: _conv3d(_arguments(_CONV, args, kwargs)),
+    torch.conv_transpose3d: lambda args, kwargs: _conv_transpose3d(_arguments(_CONV_T, args, kwargs)),
+}
+
+
 class _OneDNN(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = None
-        if torch.compiler.is_compiling():  # a compiled network keeps the kernels its compiler picks
-            pass
-        elif func is torch.conv3d:
-            out = _conv3d(_arguments(_CONV, args, kwargs))
-        elif func is torch.conv_transpose3d:
-            out = _conv_transpose3d(_arguments(_CONV_T, args, kwargs))
+        fast = _FAST.get(func)
+        # a network being compiled keeps the kernels its compiler picks
+        out = None if fast is None or torch.compiler.is_compiling() else fast(args, kwargs)
         return func(*args, **kwargs) if out is None else out
 
 

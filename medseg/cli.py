@@ -107,6 +107,7 @@ def _architectures(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     from .evaluation import cross_validate
+    from .evaluation.plots import label_title
     from .io import open_dataset
     from .pipeline import Pipeline
     from .training import TrainingConfig
@@ -116,8 +117,9 @@ def _cv(args: argparse.Namespace) -> int:
     print(pipe.plan)
     summary = cross_validate(pipe, folds=args.folds, output_dir=args.out, seed=args.seed, epochs=args.epochs,
                              iterations_per_epoch=args.iterations_per_epoch, time_limit=args.time_limit)
+    names = dict(enumerate(pipe.plan.class_names))
     for label, dice in summary["mean_dice"].items():
-        print(f"  mean Dice label {label}: {dice:.4f}")
+        print(f"  mean Dice {label_title(label, names)}: {dice:.4f}")
     print(f"report: {summary['report']}")
     return 0
 

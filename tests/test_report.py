@@ -15,6 +15,7 @@ import pytest
 from medseg.evaluation import plots as plots_module
 from medseg.evaluation import report as report_module
 from medseg.evaluation.metrics import METRIC_NAMES, compute_metrics, metrics_to_rows
+from medseg.evaluation.plots import label_title
 from medseg.evaluation.report import OverlayCase, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -249,3 +250,14 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
 def test_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         write_report(tmp_path, **kwargs)
+
+
+def test_class_names_label_the_report_but_not_the_tables(evaluation, tmp_path):
+    rows = evaluation[0]
+    write_report(tmp_path, rows, plots=False, label_names=["background", "Anterior", "Posterior"])
+    text = (tmp_path / "report.md").read_text()
+    assert "| Anterior (1) | dice |" in text and "| Posterior (2) | dice |" in text
+    assert "| 1 | dice |" not in text
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert {row["label"] for row in csv.DictReader(f)} == {"1", "2"}
+    assert label_title(2, {2: "Posterior"}) == "Posterior (2)" and label_title(3, {2: "Posterior"}) == "label 3"

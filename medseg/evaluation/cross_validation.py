@@ -314,5 +314,6 @@ def cross_validate(
         overlays=_overlays(data, results, output_dir, overlays if plots else 0),
         title=f"{len(splits)}-fold cross-validation",
         plots=plots,
+        label_names=pipe.plan.class_names,
     )
     return _summary(results, output_dir, written[-1])

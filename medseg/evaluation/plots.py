@@ -52,7 +52,7 @@ def _save_png(figure, path: Path) -> Path:
     return path
 
 
-def plot_box(folder: Path, rows: Sequence[Row], metric: str) -> Path:
+def plot_box(folder: Path, rows: Sequence[Row], metric: str, label_names: Mapping[int, str] | None = None) -> Path:
     labels = sorted({int(row["label"]) for row in rows if metric in row})
     folds = sorted({row.get("fold") for row in rows}, key=str)
     figure = _figure(1.6 + 1.2 * len(labels), 4.0)
@@ -77,11 +77,17 @@ def plot_box(folder: Path, rows: Sequence[Row], metric: str) -> Path:
     n_left_out = sum(1 for row in rows if metric in row and not finite(row[metric]))
     note = f" ({n_left_out} non-finite left out)" if n_left_out else ""
     axes.set_title(f"{metric}{note}")
-    axes.set_xticks(range(1, len(labels) + 1), [f"label {label}" for label in labels])
+    axes.set_xticks(range(1, len(labels) + 1), [label_title(label, label_names) for label in labels])
     axes.set_xlim(0.4, len(labels) + 0.6)
     if len(points) > 1 or None not in points:
         axes.legend(fontsize="small")
     return _save_png(figure, folder / f"boxplot_{metric}.png")
+
+
+def label_title(label: int, names: Mapping[int, str] | None = None) -> str:
+    """``"Anterior (1)"`` where the class has a name, else ``"label 1"``."""
+    name = (names or {}).get(int(label)) if str(label).lstrip("-").isdigit() else None
+    return f"{name} ({label})" if name else f"label {label}"
 
 
 def finite(value: Any) -> bool:

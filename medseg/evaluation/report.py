@@ -30,6 +30,7 @@ import numpy as np
 from medseg.evaluation.metrics import METRIC_NAMES, summarize
 from medseg.evaluation.plots import (
     finite,
+    label_title,
     plot_box,
     plot_histories,
     plot_overlay,
@@ -184,7 +185,8 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4g}"
 
 
-def _markdown(title: str, rows: Sequence[Row], summary, figures: dict[str, list[tuple[str, str]]]):
+def _markdown(title: str, rows: Sequence[Row], summary, figures: dict[str, list[tuple[str, str]]],
+              label_names: Mapping[int, str] | None = None):
     cases = sorted({str(row["case"]) for row in rows})
     folds = sorted({str(row.get("fold")) for row in rows if row.get("fold") is not None})
     lines = [f"# {title}", "", f"{len(cases)} cases, {len(folds) or 'no'} folds.", ""]
@@ -204,7 +206,8 @@ def _markdown(title: str, rows: Sequence[Row], summary, figures: dict[str, list[
                 s["n_nan"],
                 s["n_inf"],
             ]
-            lines.append(f"| {label} | {metric} | " + " | ".join(map(str, cells)) + " |")
+            shown = label_title(label, label_names) if label_names else label
+            lines.append(f"| {shown} | {metric} | " + " | ".join(map(str, cells)) + " |")
     lines += ["", "## Files", ""]
     for name in ("metrics.csv", "metrics.json", "summary.csv", "summary.json"):
         lines.append(f"- [{name}]({name})")
@@ -226,6 +229,7 @@ def write_report(
     overlays: Mapping[str, OverlayCase | tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     title: str = "medseg evaluation report",
     plots: bool = True,
+    label_names: Mapping[int, str] | Sequence[str] | None = None,
 ) -> list[Path]:
     """Write the tables, plots and ``report.md`` of an evaluation into ``output_dir``.
 
@@ -241,6 +245,9 @@ def write_report(
             ``overlay_<case>.png``, for 3D on the last-axis slice with most reference foreground.
         title: heading of ``report.md``.
         plots: draw PNGs (needs matplotlib); ``False`` writes the tables and ``report.md`` only.
+        label_names: class names by label value (a mapping, or a list indexed by label such as
+            ``plan.class_names``), shown next to the numbers in ``report.md`` and the plots;
+            the CSV and JSON files keep the integer labels.
 
     Returns:
         The paths written, ``report.md`` last.
@@ -257,6 +264,8 @@ def write_report(
     """
     rows = list(rows)
     metrics, extras = _check_rows(rows)
+    if label_names is not None and not isinstance(label_names, Mapping):
+        label_names = dict(enumerate(label_names))
     if histories is not None and not isinstance(histories, Mapping):
         histories = dict(enumerate(histories))
     checked = {
@@ -275,7 +284,7 @@ def write_report(
     }
     if plots:
         for metric in metrics:
-            written.append(plot_box(folder, rows, metric))
+            written.append(plot_box(folder, rows, metric, label_names))
             figures["Metric distributions"].append((written[-1].name, f"{metric} per label"))
         if histories:
             written.append(plot_histories(folder / "training_curves.png", histories))
@@ -290,5 +299,5 @@ def write_report(
                 )
             )
             figures["Overlays"].append((written[-1].name, f"{case}: {caption}"))
-    written.append(_write_text(folder / "report.md", _markdown(title, rows, summary, figures)))
+    written.append(_write_text(folder / "report.md", _markdown(title, rows, summary, figures, label_names)))
     return written

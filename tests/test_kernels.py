@@ -97,3 +97,13 @@ def test_a_unet_gives_the_same_probabilities():
         with onednn_convolutions():
             fast = torch.softmax(net(x), 1)
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def test_a_compiled_network_keeps_its_own_kernels():
+    # tracing through the mode would hand torch.mkldnn_convolution fake tensors, which it rejects
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ConvTranspose3d(4, 2, 2, 2)).eval()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(1, 1, 6, 7, 5)
+    with torch.no_grad(), onednn_convolutions():
+        torch.testing.assert_close(compiled(x), net(x), atol=1e-5, rtol=1e-5)

@@ -60,9 +60,13 @@ def _predict_seconds(pipe: medseg.Pipeline, cases: list[str]) -> float:
     return statistics.median(times)
 
 
+def _pipeline(name: str, data: medseg.io.Dataset, plan: medseg.Plan) -> medseg.Pipeline:
+    return medseg.Pipeline(data, plan=plan, architecture=name, training=medseg.TrainingConfig(workers=1), device="cpu")
+
+
 def run(name: str, data: medseg.io.Dataset, plan: medseg.Plan, seconds: float) -> dict:
     dims = plan.spatial_dims
-    pipe = medseg.Pipeline(data, plan=plan, architecture=name, training=medseg.TrainingConfig(workers=1), device="cpu")
+    pipe = _pipeline(name, data, plan)
     params = sum(p.numel() for p in pipe.network.parameters())
     train_ids, val_ids = pipe._split(None, None, 0.2)
     untrained = _mean_dice(pipe.evaluate(val_ids[:10])) if dims == 3 else float("nan")
@@ -89,7 +93,7 @@ def main() -> None:
     if args.predictions_only:
         plan = medseg.Pipeline(hippo, device="cpu").plan
         for name in args.names:
-            pipe = medseg.Pipeline(hippo, plan=plan, architecture=name, training=medseg.TrainingConfig(workers=1), device="cpu")
+            pipe = _pipeline(name, hippo, plan)
             print(f"{name} 3D: {_predict_seconds(pipe, pipe._split(None, None, 0.2)[1][:5]):.3f} s / prediction", flush=True)
         return
     rows = []

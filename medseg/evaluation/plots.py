@@ -86,7 +86,7 @@ def plot_box(folder: Path, rows: Sequence[Row], metric: str, label_names: Mappin
 
 def label_title(label: int, names: Mapping[int, str] | None = None) -> str:
     """``"Anterior (1)"`` where the class has a name, else ``"label 1"``."""
-    name = (names or {}).get(int(label)) if str(label).lstrip("-").isdigit() else None
+    name = (names or {}).get(int(label))
     return f"{name} ({label})" if name else f"label {label}"
 
 

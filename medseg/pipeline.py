@@ -103,6 +103,8 @@ class Pipeline:
         if sampler is not None and sampler.patch_size is not None:
             plan = plan.replace(patch_size=sampler.patch_size)
         self.plan = plan
+        if self.data is not None and self.data.label_spec is None:  # labels read as class indices
+            self.data = self.data.with_label_spec(plan.label_spec)
         self.data_dims = len(plan.target_spacing)
         self.sampler = sampler or PatchSampler(patch_size=plan.patch_size)
         if self.sampler.patch_size is None:

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from .io.datasets import Dataset
 from .io.files import full_suffix
+from .io.labels import LabelSpec
 from .io.readers import NiftiIO, read_image_file
 from .preprocessing.base import Fingerprint
 
@@ -52,6 +53,8 @@ class Plan:
         median_shape: the median case shape after resampling.
         slice_axis: for a 2D network on 3D data, the axis slices are taken across.
         intensity: per channel foreground statistics (CT only).
+        labels: what the dataset's label values mean (values, names, ignore label, regions);
+            ``None`` in plans saved before it existed (classes ``0..num_classes-1``).
     """
 
     spatial_dims: int
@@ -66,6 +69,19 @@ class Plan:
     median_shape: tuple[int, ...] = field(default_factory=tuple)
     slice_axis: int | None = None
     intensity: tuple[dict[str, float], ...] = field(default_factory=tuple)
+    labels: LabelSpec | None = None
+
+    @property
+    def label_spec(self) -> LabelSpec:
+        """The plan's :class:`~medseg.io.labels.LabelSpec` (classes ``0..K-1`` if none was saved)."""
+        if self.labels is not None:
+            return self.labels
+        return LabelSpec(tuple(range(self.num_classes)), self.class_names)
+
+    @property
+    def out_channels(self) -> int:
+        """Network outputs: one per class (softmax), or one per region (sigmoid)."""
+        return self.label_spec.out_channels
 
     def replace(self, **changes: Any) -> Plan:
         return replace(self, **changes)
@@ -77,10 +93,17 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         fields["intensity"] = tuple(data.get("intensity", ()))
+        if data.get("labels") is not None:
+            fields["labels"] = LabelSpec.from_dict(data["labels"])
         return cls(**fields)
 
     def __str__(self) -> str:
-        rows = [f"  {k:<15} {v}" for k, v in asdict(self).items() if k != "intensity"]
+        rows = [f"  {k:<15} {v}" for k, v in asdict(self).items() if k not in ("intensity", "labels")]
+        spec = self.label_spec
+        if spec.ignore is not None or spec.regions or not spec.is_identity:
+            rows.append(f"  {'label values':<15} {list(spec.values)}"
+                        + (f", ignore {spec.ignore}" if spec.ignore is not None else "")
+                        + (f", regions {dict(zip(spec.region_names, spec.regions_class_order))}" if spec.regions else ""))
         return "Plan\n" + "\n".join(rows)
 
 
@@ -102,7 +125,7 @@ def _header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
 def _case_facts(dataset: Dataset, case: str, intensity: bool) -> dict[str, Any]:
     files = dataset.cases[case]
     facts: dict[str, Any] = {}
-    if intensity or dataset.labels is None:
+    if intensity or dataset.label_spec is None:
         sample = dataset.load(case)
         facts["shape"], facts["spacing"] = sample.geometry.shape, sample.geometry.spacing
         facts["classes"] = np.unique(sample.label).tolist() if sample.label is not None else [0]
@@ -113,7 +136,7 @@ def _case_facts(dataset: Dataset, case: str, intensity: bool) -> dict[str, Any]:
             facts["foreground"] = foreground[:, take]
     else:
         facts["shape"], facts["spacing"] = _header(files.images[0])
-        facts["classes"] = sorted(dataset.labels)
+        facts["classes"] = list(range(dataset.label_spec.num_classes))
     return facts
 
 
@@ -198,13 +221,13 @@ def plan_dataset(
     base, cap = (32, 320 if spatial_dims == 3 else 512) if kind == "cuda" else (16, 256)
     features = tuple(min(base * 2**i, cap) for i in range(pools + 1))
     ct = any(m.upper() == "CT" for m in dataset.modality)
-    num_classes = max(len(dataset.labels or {}), max(classes) + 1)
-    names = tuple((dataset.labels or {}).get(i, "background" if i == 0 else f"class_{i}") for i in range(num_classes))
+    # declared classes, else the values found in the label files (0, 1, 2, 4 -> four classes)
+    spec = dataset.label_spec if dataset.label_spec is not None else LabelSpec.from_values(classes)
     return Plan(
         spatial_dims=spatial_dims,
         in_channels=len(dataset.modality) if isinstance(dataset.modality, tuple) and len(dataset.modality) > 0 else 1,
-        num_classes=num_classes,
-        class_names=names,
+        num_classes=spec.num_classes,
+        class_names=spec.names,
         target_spacing=tuple(round(float(s), 6) for s in spacing),
         normalization="ct" if ct else "zscore",
         patch_size=patch,
@@ -213,4 +236,5 @@ def plan_dataset(
         median_shape=tuple(int(round(s)) for s in shape),
         slice_axis=slice_axis,
         intensity=fingerprint.intensity,
+        labels=spec,
     )

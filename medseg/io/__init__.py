@@ -10,6 +10,7 @@ from .datasets import (
     open_dataset,
 )
 from .files import atomic_path, case_id_of, full_suffix
+from .labels import IGNORE_INDEX, LabelSpec
 from .readers import (
     READERS,
     Image2DIO,
@@ -29,9 +30,11 @@ __all__ = [
     "CaseFiles",
     "Dataset",
     "FolderDataset",
+    "IGNORE_INDEX",
     "Geometry",
     "Image2DIO",
     "ImageIO",
+    "LabelSpec",
     "MSDDataset",
     "NiftiIO",
     "NumpyIO",

@@ -7,6 +7,7 @@ Two layouts are understood: MSD/nnU-Net folders (``dataset.json``, ``imagesTr/``
 
 from __future__ import annotations
 
+import copy as _copy
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 from .files import case_id_of, full_suffix
+from .labels import LabelSpec
 from .readers import READERS, Image2DIO, read_image_file
 from .sample import Geometry, Sample
 
@@ -72,10 +74,16 @@ class Dataset:
 
     Args:
         cases: ``{case_id: CaseFiles}``.
-        labels: ``{class_index: name}``; ``None`` means "read the classes off the label files".
+        labels: ``{label value: name}``; ``None`` means "read the classes off the label files".
         modality: one name per channel (``"CT"`` switches planning to CT normalisation).
         groups: ``{case_id: subject}`` so that cross-validation keeps a subject's cases together.
         test_cases: ``{case_id: CaseFiles}`` without labels (``imagesTs/``).
+        label_spec: what the label values mean (ignore label, regions); default built from
+            ``labels``. Without either, :meth:`load` returns the files' own values until a
+            Pipeline plans the classes and sets it (:meth:`with_label_spec`).
+
+    With a label spec, :meth:`load` returns class indices ``0..K-1`` (and
+    :data:`~medseg.io.labels.IGNORE_INDEX` for ignored voxels), whatever values the files hold.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class Dataset:
         groups: dict[str, str] | None = None,
         test_cases: dict[str, CaseFiles] | None = None,
         root: Path | None = None,
+        label_spec: LabelSpec | None = None,
     ) -> None:
         if not cases:
             raise DataError(f"{root or 'dataset'}: holds no cases.")
@@ -96,6 +105,15 @@ class Dataset:
         self.groups = dict(groups) if groups else {}
         self.test_cases = dict(test_cases or {})
         self.root = root
+        if label_spec is None and labels:
+            label_spec = LabelSpec.from_values(list(labels), labels)
+        self.label_spec = label_spec
+
+    def with_label_spec(self, spec: LabelSpec) -> Dataset:
+        """A copy of this dataset whose :meth:`load` encodes labels with ``spec``."""
+        copy = _copy.copy(self)
+        copy.label_spec = spec
+        return copy
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -140,14 +158,9 @@ class Dataset:
             warnings.warn(f"{path}: binary mask stored as 0/255, read as 0/1.", stacklevel=3)
             label = label // 255
             values = np.array([0, 1])
-        if self.labels is not None:
-            unknown = sorted(set(values.astype(int).tolist()) - set(self.labels))
-            if unknown:
-                raise DataError(
-                    f"{path}: label values {unknown} are not classes of the dataset "
-                    f"(classes {sorted(self.labels)})."
-                )
-        elif values.min() < 0:
+        if self.label_spec is not None:
+            return self.label_spec.encode(label.astype(np.int64, copy=False), source=path)
+        if values.min() < 0:
             raise DataError(f"{path}: negative label values {values[values < 0].tolist()}.")
         return label.astype(np.int16 if values.max() > 127 else np.int8)
 

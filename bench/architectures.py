@@ -51,11 +51,11 @@ def _step_seconds(pipe: medseg.Pipeline, repeats: int = 5) -> float:
 
 def _predict_seconds(pipe: medseg.Pipeline, cases: list[str]) -> float:
     samples = [pipe.data.load(c) for c in cases]
-    pipe.predict_sample(samples[0])  # warm-up
+    pipe.predict_case(samples[0])  # warm-up
     times = []
     for sample in samples:
         start = time.perf_counter()
-        pipe.predict_sample(sample)
+        pipe.predict_case(sample)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -68,7 +68,7 @@ def run(name: str, data: medseg.io.Dataset, plan: medseg.Plan, seconds: float) -
     dims = plan.spatial_dims
     pipe = _pipeline(name, data, plan)
     params = sum(p.numel() for p in pipe.network.parameters())
-    train_ids, val_ids = pipe._split(None, None, 0.2)
+    train_ids, val_ids = pipe.split_cases(val_fraction=0.2)
     untrained = _mean_dice(pipe.evaluate(val_ids[:10])) if dims == 3 else float("nan")
     step = _step_seconds(pipe.fresh())
     pipe.fit(train_ids, val_ids, time_limit=seconds, iterations_per_epoch=50)
@@ -94,7 +94,7 @@ def main() -> None:
         plan = medseg.Pipeline(hippo, device="cpu").plan
         for name in args.names:
             pipe = _pipeline(name, hippo, plan)
-            print(f"{name} 3D: {_predict_seconds(pipe, pipe._split(None, None, 0.2)[1][:5]):.3f} s / prediction", flush=True)
+            print(f"{name} 3D: {_predict_seconds(pipe, pipe.split_cases(val_fraction=0.2)[1][:5]):.3f} s / prediction", flush=True)
         return
     rows = []
     for dims, data, seconds in ((2, hc18, args.time_2d), (3, hippo, args.time_3d)):

@@ -51,9 +51,9 @@ def first_reach(curve: list[tuple[float, float]], target: float) -> float:
 
 def run_medseg(data, seconds: float, cache: Path, seed: int) -> tuple[list, float, medseg.Pipeline]:
     pipe = medseg.Pipeline(data, device="cpu", cache_dir=cache, training=medseg.TrainingConfig(seed=seed))
-    train_ids, val_ids = pipe._split(None, None, 0.2)
+    train_ids, val_ids = pipe.split_cases(val_fraction=0.2)
     start = time.perf_counter()
-    pipe._cases().build([*train_ids, *val_ids])
+    pipe.preprocessed_cases().build([*train_ids, *val_ids])
     setup = time.perf_counter() - start
     history = pipe.fit(train_ids, val_ids, time_limit=seconds, iterations_per_epoch=25)
     # the trainer's clock, less the validations before each point (MONAI's clock stops for them too)
@@ -136,13 +136,13 @@ def prediction_times(pipe: medseg.Pipeline, rounds: int = 3) -> tuple[list[Row],
 
     from medseg.inference import window_starts
 
-    cases = pipe._cases()
+    cases = pipe.preprocessed_cases()
     images = {c: np.asarray(cases.image(c)) for c in pipe.split["val"]}
     labels = {c: np.asarray(cases.label(c)) for c in pipe.split["val"]}
     network, patch, classes = pipe.network.eval(), tuple(pipe.plan.patch_size), pipe.plan.num_classes
 
     def ours() -> dict:
-        return {c: pipe._case_probabilities(x).argmax(0) for c, x in images.items()}
+        return {c: pipe.predict_probabilities(x).argmax(0) for c, x in images.items()}
 
     def theirs() -> dict:
         out = {}

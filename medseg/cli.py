@@ -1,49 +1,203 @@
-"""``medseg`` on the command line: a thin layer over :class:`medseg.Pipeline`."""
+"""``medseg`` on the command line: a thin layer over :class:`medseg.Pipeline`.
+
+Every error a user can cause ends in one line, ``medseg <command>: error: <message>``, and exit
+status 2; an unexpected (internal) error in a one-line summary and status 1. ``medseg -v`` prints
+the traceback as well.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
+import os
+import re
+import shutil
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+from .cli_options import Parser, add_settings_flags, flag_of, settings_from_args
+
+__all__ = ["build_parser", "main"]
+
+# the files a training run writes into --out (removed by --overwrite)
+_RUN_FILES = ("pipeline.json", "model.pt", "checkpoint.pt", "model_best.pt", "log.csv")
+_TEMP = re.compile(r"^\.tmp-(\d+)-")  # medseg.io.files.atomic_path's temporary names
+
+
+def _open_data(args: argparse.Namespace) -> Any:
+    from .io import open_dataset
+
+    options = {"group_pattern": args.group_pattern, "modality": args.modality, "classes": args.classes}
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return open_dataset(args.data, **given)
+    except TypeError as error:  # a dataset kind that does not take --modality/--classes (yet)
+        flags = [f"--{k}" for k in ("modality", "classes") if k in given and k in str(error)]
+        if not flags:
+            raise
+        raise ValueError(f"{args.data}: this kind of dataset does not take {' or '.join(flags)}; "
+                         "declare them in its own files (dataset.json).") from error
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available; use --device cpu")
+
+
+def _print_config(pipe: Any) -> None:
+    import yaml
+
+    from .config import SECTIONS
+
+    settings = {k: v for k, v in pipe.config().items() if k in SECTIONS}
+    print(yaml.safe_dump(settings, sort_keys=False, default_flow_style=None, width=120), end="")
+
+
+def _new_pipeline(data: Any, settings: dict[str, Any], args: argparse.Namespace) -> Any:
+    from .inference import InferenceConfig
+    from .pipeline import Pipeline
+    from .preprocessing import create_step
+    from .sampling import PatchSampler
+    from .training import TrainingConfig
+
+    steps = settings.get("preprocessing")
+    return Pipeline(
+        data, plan=settings.get("plan") or None, architecture=settings.get("architecture"), loss=settings.get("loss"),
+        preprocessing=None if steps is None else [create_step(**step) for step in steps],
+        sampler=PatchSampler(**settings["sampler"]) if settings.get("sampler") else None,
+        training=TrainingConfig(**settings.get("training", {})),
+        inference=InferenceConfig(**settings.get("inference", {})),
+        device=args.device, cache_dir=args.cache_dir,
+    )
+
+
+def _resumed_pipeline(data: Any, settings: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The run in ``--out`` with its saved settings; the call may change only what a run can."""
+    from .config import resume_conflicts
+    from .inference import InferenceConfig
+    from .pipeline import Pipeline
+    from .sampling import PatchSampler
+    from .training import TrainingConfig
+
+    out = Path(args.out)
+    saved = json.loads((out / "pipeline.json").read_text())
+    conflicts = resume_conflicts(saved, settings)
+    if args.classes is not None:
+        labels = (saved["plan"].get("labels") or {}).get("values") or range(saved["plan"]["num_classes"])
+        known = dict(zip(labels, saved["plan"]["class_names"]))
+        if known != args.classes:
+            conflicts.append(("--classes", known, args.classes))
+    if conflicts:
+        key, before, after = conflicts[0]
+        raise ValueError(
+            f"{flag_of(key)} cannot change when resuming: the run in {out} has {json.dumps(before)}, this call "
+            f"asks for {json.dumps(after)}; leave it out to continue the run, or start another with --overwrite "
+            f"or a new --out.")
+    weights = any((out / name).is_file() for name in ("model.pt", "checkpoint.pt"))
+    pipe = Pipeline.load(out, data, device=args.device, weights=weights)
+    pipe.training = TrainingConfig(**{**pipe.training.to_dict(), **settings.get("training", {})})
+    pipe.inference = InferenceConfig(**{**pipe.inference.to_dict(), **settings.get("inference", {})})
+    if settings.get("sampler"):
+        pipe.sampler = PatchSampler(**{**pipe.sampler.config(), **settings["sampler"]})
+    pipe.cache_dir = args.cache_dir
+    return pipe
+
+
+# --- output folders -------------------------------------------------------------------------------
+
+
+def _remove_stale_temp(folder: Path) -> None:
+    """Delete temporary files a killed medseg left under ``folder`` (their writer is gone)."""
+    for path in folder.rglob(".tmp-*") if folder.is_dir() else ():
+        match = _TEMP.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes no temporary file before it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _claim_run_folder(out: Path, *, resume: bool, overwrite: bool, clear: bool) -> None:
+    """Refuse to write over a run unless asked to continue it (``--resume``) or to replace it
+    (``--overwrite``: with ``clear``, its files are deleted); ``clear`` also removes stale temp files."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite deletes it: give one of them.")
+    existing = [name for name in _RUN_FILES if (out / name).is_file()]
+    if existing and not resume and not overwrite:
+        raise ValueError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+                         f"--overwrite to replace it, or choose another --out.")
+    if clear:
+        for name in existing if overwrite else ():
+            (out / name).unlink()
+        _remove_stale_temp(out)
+
+
+def _claim_cv_folder(out: Path, *, overwrite: bool) -> None:
+    """``--overwrite`` deletes a cross-validation's files; otherwise a rerun resumes it."""
+    if overwrite and out.is_dir():
+        for path in [out / "cv.json", out / "report", *out.glob("fold_*")]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    _remove_stale_temp(out)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .io import open_dataset
-    from .pipeline import Pipeline
-    from .training import TrainingConfig
-
-    config = TrainingConfig(seed=args.seed, workers=args.workers, optimizer=args.optimizer)
-    data = open_dataset(args.data, group_pattern=args.group_pattern)
-    if args.resume and (Path(args.out) / "pipeline.json").is_file():
-        pipe = Pipeline.load(args.out, data, device=args.device)
-        pipe.training = config
-        train_ids, val_ids = pipe.split.get("train"), pipe.split.get("val")
-    else:
-        pipe = Pipeline(data, spatial_dims=args.spatial_dims, architecture=args.architecture,
-                        loss=args.loss, training=config, device=args.device)
-        train_ids = val_ids = None
+    out = _out_folder(args)
+    _check_device(args.device)
+    settings = settings_from_args(args)
+    data = _open_data(args)
+    resume = bool(args.resume and out is not None and (out / "pipeline.json").is_file())
+    if out is not None and not args.print_config:
+        _claim_run_folder(out, resume=args.resume, overwrite=args.overwrite, clear=False)
+    pipe = _resumed_pipeline(data, settings, args) if resume else _new_pipeline(data, settings, args)
+    if args.print_config:
+        _print_config(pipe)
+        return 0
+    _claim_run_folder(out, resume=args.resume, overwrite=args.overwrite, clear=True)
+    _remove_stale_temp(pipe.preprocessed_cases().root)  # a killed run's half-written cache files
     print(pipe.plan)
-    pipe.fit(train_ids, val_ids, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
-             time_limit=args.time_limit, val_fraction=args.val_fraction, output_dir=args.out,
-             resume=args.resume)
+    train_ids, val_ids = (pipe.split.get("train"), pipe.split.get("val")) if resume else (None, None)
+    pipe.fit(train_ids, val_ids, val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+             output_dir=out, resume=args.resume)
     if pipe.split.get("val"):
         scores = pipe.evaluate()
-        _print_dice(scores, pipe.plan.class_names)
-    print(f"saved to {args.out}")
+        _print_dice(scores, pipe.plan.label_spec.scored)
+    print(f"saved to {out}")
     return 0
 
 
-def _print_dice(scores: dict, names: Sequence[str]) -> None:
+def _out_folder(args: argparse.Namespace) -> Path | None:
+    if args.out is None and not args.print_config:
+        raise ValueError("--out is required: the folder the run is written to (or give --print-config).")
+    return None if args.out is None else Path(args.out)
+
+
+def _print_dice(scores: dict, names: Mapping[int, str]) -> None:
+    """Mean Dice per scored class or region; ``names`` maps the score keys (dataset values) to names."""
     import numpy as np
 
     labels = sorted({label for case in scores.values() for label in case})
     for label in labels:
         values = [scores[c][label]["dice"] for c in scores]
-        print(f"  Dice {names[label] if label < len(names) else label:<12} {np.mean(values):.4f} over {len(values)} cases")
+        print(f"  Dice {names.get(label, label):<12} {np.mean(values):.4f} over {len(values)} cases")
     print(f"  Dice mean         {np.mean([scores[c][k]['dice'] for c in scores for k in labels]):.4f}")
 
 
@@ -52,21 +206,18 @@ def _predict(args: argparse.Namespace) -> int:
     from .io import open_dataset
     from .pipeline import Pipeline
 
+    _check_device(args.device)
     pipe = Pipeline.load(args.run, device=args.device)
+    _remove_stale_temp(Path(args.out))
     if args.mirror:
         pipe.inference = InferenceConfig(**{**pipe.inference.to_dict(), "mirror": True})
     if args.split:
         data = open_dataset(args.input)
         cases = pipe.split.get(args.split) or []
         if not cases:
-            raise SystemExit(f"{args.run}: the run has no {args.split!r} split.")
-        from .io import output_suffix, write_label_file
-
-        for case in cases:
-            sample = data.load(case)
-            files = data.cases[case]
-            write_label_file(pipe.predict_sample(sample), sample.geometry,
-                             Path(args.out) / f"{case}{output_suffix(files.images[0])}")
+            raise ValueError(f"{args.run}: the run has no {args.split!r} split; predict a folder instead.")
+        pipe.data = data.with_label_spec(pipe.plan.label_spec)  # read as the run was trained
+        pipe.predict_cases(cases, args.out)
         print(f"wrote {len(cases)} predictions to {args.out}")
         return 0
     written = pipe.predict(args.input, args.out)
@@ -77,23 +228,34 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .evaluation.folders import evaluate_folders, write_metrics_csv
+    from .evaluation import folders
 
-    rows = evaluate_folders(args.predictions, args.references, all_metrics=args.all_metrics)
-    for label in sorted({r["label"] for r in rows}):
-        values = [float(r["dice"]) for r in rows if r["label"] == label]
-        print(f"label {label}: mean Dice {np.mean(values):.4f} over {len(values)} cases")
+    labels, spec, source = folders.resolve_classes(args.labels, args.run, args.references)
+    missing = "empty" if args.allow_missing else "skip" if args.predicted_only else "error"
+    targets, scores = folders.score_folders(args.predictions, args.references, labels=labels, spec=spec,
+                                            all_metrics=args.all_metrics, missing=missing)
+    print(f"classes from {source}: {[t.scored for t in targets]}")
+    rows = folders.rows_of(scores)
+    for target in targets:
+        values = [float(r["dice"]) for r in rows if r["label"] == target.key]
+        print(f"label {target.key}: mean Dice {np.mean(values):.4f} over {len(values)} cases")
     print(f"mean Dice over labels: {np.mean([float(r['dice']) for r in rows]):.4f}")
     if args.out:
-        print(f"wrote {write_metrics_csv(rows, args.out)}")
+        json_out = str(args.out).lower().endswith(".json")
+        written = (folders.write_summary_json(targets, scores, args.out) if json_out
+                   else folders.write_metrics_csv(rows, args.out))
+        print(f"wrote {written}")
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
     from .io import open_dataset
+    from .pipeline import default_device
     from .planning import plan_dataset
 
-    print(plan_dataset(open_dataset(args.data), spatial_dims=args.spatial_dims, device=args.device or "cpu"))
+    # the plan `medseg train` would use here: the same device rule as the Pipeline's
+    plan = plan_dataset(open_dataset(args.data), spatial_dims=args.spatial_dims, device=args.device or default_device())
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan)
     return 0
 
 
@@ -108,16 +270,18 @@ def _architectures(args: argparse.Namespace) -> int:
 def _cv(args: argparse.Namespace) -> int:
     from .evaluation import cross_validate
     from .evaluation.plots import label_title
-    from .io import open_dataset
-    from .pipeline import Pipeline
-    from .training import TrainingConfig
 
-    pipe = Pipeline(open_dataset(args.data, group_pattern=args.group_pattern), spatial_dims=args.spatial_dims, architecture=args.architecture, loss=args.loss,
-                    training=TrainingConfig(seed=args.seed, workers=args.workers), device=args.device)
+    out = _out_folder(args)
+    _check_device(args.device)
+    pipe = _new_pipeline(_open_data(args), settings_from_args(args), args)
+    if args.print_config:
+        _print_config(pipe)
+        return 0
     print(pipe.plan)
-    summary = cross_validate(pipe, folds=args.folds, output_dir=args.out, seed=args.seed, epochs=args.epochs,
-                             iterations_per_epoch=args.iterations_per_epoch, time_limit=args.time_limit)
-    names = dict(enumerate(pipe.plan.class_names))
+    _claim_cv_folder(out, overwrite=args.overwrite)
+    _remove_stale_temp(pipe.preprocessed_cases().root)
+    summary = cross_validate(pipe, folds=args.folds, output_dir=out, seed=pipe.training.seed)
+    names = pipe.plan.label_spec.scored  # the summary is keyed by dataset value (or region)
     for label, dice in summary["mean_dice"].items():
         print(f"  mean Dice {label_title(label, names)}: {dice:.4f}")
     print(f"report: {summary['report']}")
@@ -131,43 +295,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg", description="Medical image segmentation in one command.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser = Parser(prog="medseg", description="Medical image segmentation in one command.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens; show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train on an MSD/nnU-Net folder or images/ + labels/")
-    train.add_argument("data", help="the dataset folder")
-    train.add_argument("--out", required=True, help="run folder: checkpoint, pipeline, split")
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--iterations-per-epoch", type=int, default=None)
-    train.add_argument("--time-limit", type=float, default=None, help="seconds of training")
-    train.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None)
-    train.add_argument("--architecture", default=None, help="unet, deeplabv3plus, fastfcn, gatedscnn, ...")
-    train.add_argument("--loss", default=None, help="e.g. dice+ce, dice+boundary, focal")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (0: none)")
-    train.add_argument("--group-pattern", default=None,
-                       help=r"regex whose group 1 is a case's subject, kept on one side of splits (e.g. '^(\d+)_')")
-    train.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=1, help="data loader processes")
-    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_settings_flags(train)
+    train.add_argument("--out", default=None, help="run folder: checkpoint, pipeline, split")
+    train.add_argument("--val-fraction", type=float, default=None, help="held-out share (default 0.2; 0: none)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
+    train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     train.set_defaults(func=_train)
 
     cv = sub.add_parser("cv", help="k-fold cross-validation with a report; rerun to resume")
-    cv.add_argument("data", help="the dataset folder")
-    cv.add_argument("--out", required=True, help="run folder (folds, predictions, report)")
+    add_settings_flags(cv, per_fold=True)
+    cv.add_argument("--out", default=None, help="run folder (folds, predictions, report)")
     cv.add_argument("--folds", type=int, default=5)
-    cv.add_argument("--epochs", type=int, default=None)
-    cv.add_argument("--iterations-per-epoch", type=int, default=None)
-    cv.add_argument("--time-limit", type=float, default=None, help="seconds of training per fold")
-    cv.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None)
-    cv.add_argument("--architecture", default=None)
-    cv.add_argument("--loss", default=None)
-    cv.add_argument("--seed", type=int, default=0)
-    cv.add_argument("--group-pattern", default=None, help="regex whose group 1 is a case's subject")
-    cv.add_argument("--workers", type=int, default=1)
-    cv.add_argument("--device", default=None)
+    cv.add_argument("--overwrite", action="store_true", help="delete the cross-validation in --out and start again")
     cv.set_defaults(func=_cv)
 
     predict = sub.add_parser("predict", help="predict a file or folder with a trained run")
@@ -182,14 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score predictions against references")
     evaluate.add_argument("predictions")
     evaluate.add_argument("references")
-    evaluate.add_argument("--out", default=None, help="CSV file for per-case metrics")
+    evaluate.add_argument("--out", default=None,
+                          help="per-case metrics: a .csv file, or a .json file in nnU-Net's summary.json layout")
     evaluate.add_argument("--all-metrics", action="store_true", help="also IoU, HD, HD95, ASSD, NSD...")
+    evaluate.add_argument("--labels", default=None,
+                          help="label values to score, e.g. 1,2,4 (default: --run's plan, else a dataset.json "
+                               "beside REFERENCES, else every value in references and predictions)")
+    evaluate.add_argument("--run", default=None, help="score the classes of this run's plan (medseg train/cv folder)")
+    missing = evaluate.add_mutually_exclusive_group()
+    missing.add_argument("--allow-missing", action="store_true",
+                         help="score a reference without a prediction as an empty prediction (default: error)")
+    missing.add_argument("--predicted-only", action="store_true",
+                         help="score only the cases that have a prediction (default: error)")
     evaluate.set_defaults(func=_evaluate)
 
     plan = sub.add_parser("plan", help="print the plan medseg derives from a dataset")
     plan.add_argument("data")
     plan.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None)
-    plan.add_argument("--device", default=None)
+    plan.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available), sets the budget")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (as pipeline.json holds it)")
     plan.set_defaults(func=_plan)
 
     archs = sub.add_parser("architectures", help="list the architectures")
@@ -203,16 +358,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+def _one_line(message: str) -> str:
+    """A message on one line; an error re-raised from a data loader worker keeps only its last line."""
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(message.split())
+
+
+def _describe(error: BaseException) -> tuple[int, str]:
+    """Exit status and one-line message: 2 for what a user can fix, 1 for an internal error."""
     from .errors import MedsegError
 
+    if isinstance(error, OSError) and error.strerror:
+        where = Path(str(error.filename)) if error.filename else None
+        prefix = f"{where.with_name(_TEMP.sub('', where.name))}: " if where else ""
+        hint = {errno.ENOSPC: "; free some disk space and rerun (finished outputs are kept)",
+                errno.EACCES: "; check that you may write there", errno.EROFS: "; the file system is read-only",
+                errno.EPERM: "; check that you may write there"}.get(error.errno or 0, "")
+        return 2, _one_line(f"{prefix}{error.strerror}{hint}")
+    if isinstance(error, KeyError):
+        key = error.args[0] if error.args else ""
+        return 2, _one_line(key if isinstance(key, str) and " " in key else f"unknown case id or name {key!r}")
+    if isinstance(error, MedsegError | ValueError | OSError | FloatingPointError):
+        return 2, _one_line(str(error))
+    if type(error).__name__ == "OutOfMemoryError":
+        return 2, "out of GPU memory; lower --batch-size or --patch-size, or use --device cpu"
+    return 1, _one_line(f"internal error: {type(error).__name__}: {error}; rerun with -v for the traceback")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medseg`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error argparse has printed
+        return int(done.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (MedsegError, FileNotFoundError, ValueError) as error:
-        print(f"medseg {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place every error turns into a message
+        if args.verbose:
+            traceback.print_exc()
+        code, message = _describe(error)
+        print(f"medseg {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

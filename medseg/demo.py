@@ -22,7 +22,7 @@ def run_demo(out: str | Path = "runs/demo", *, time_limit: float = 150.0) -> int
     """Train a 3D U-Net on 22 hippocampus cases (2 more validate) for ``time_limit`` seconds, predict 6 unseen
     cases in their own geometry, and print their Dice."""
     from .evaluation.folders import evaluate_folders
-    from .io import MSDDataset, write_label_file
+    from .io import MSDDataset
     from .pipeline import Pipeline
 
     data = MSDDataset(sample_data("hippocampus"))
@@ -33,10 +33,8 @@ def run_demo(out: str | Path = "runs/demo", *, time_limit: float = 150.0) -> int
     print(f"training on {len(train_ids)} cases for {time_limit:.0f} s; testing on {len(test_ids)} unseen cases")
     pipe.fit(train_ids, val_ids, time_limit=time_limit, epochs=1000, iterations_per_epoch=25, output_dir=out)
     predictions = Path(out) / "predictions"
-    for case in test_ids:
-        sample = data.load(case)
-        write_label_file(pipe.predict_sample(sample), sample.geometry, predictions / f"{case}.nii.gz")
-    rows = evaluate_folders(predictions, data.root / "labelsTr", labels=[1, 2])
+    pipe.predict_cases(test_ids, predictions)  # in each scan's format and geometry
+    rows = evaluate_folders(predictions, data.root / "labelsTr", labels=[1, 2], cases=test_ids)
     for case in test_ids:
         dice = [float(r["dice"]) for r in rows if r["case"] == case]
         print(f"  {case}: Dice anterior {dice[0]:.3f}  posterior {dice[1]:.3f}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from .errors import DataError, MedsegError
@@ -39,6 +41,29 @@ def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _finished_folds(folder: Path) -> list[Path]:
+    """The finished folds (``model.pt`` and ``metrics.json``) of a cross-validation folder, in order.
+
+    Unfinished folds are left out of the ensemble with a warning that names them (a partial
+    ensemble still predicts, e.g. while the other folds train); none finished is an error.
+    """
+    found = {int(p.name[5:]): p for p in folder.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()}
+    try:
+        expected = list(range(int(json.loads((folder / "cv.json").read_text())["folds"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        expected = sorted(found)
+    done = [k for k in expected if k in found and all((found[k] / n).is_file() for n in ("model.pt", "metrics.json"))]
+    missing = [k for k in expected if k not in done]
+    if missing and expected:
+        if not done:
+            raise DataError(f"{folder}: no fold of this cross-validation has finished (no fold_<k>/model.pt with "
+                            f"metrics.json); rerun it to train them.")
+        warnings.warn(f"{folder}: folds {missing} of {len(expected)} have not finished (no model.pt or metrics.json); "
+                      f"the ensemble holds folds {done} only. Rerun the cross-validation to finish them.",
+                      stacklevel=4)
+    return [found[k] for k in done]
+
+
 def load_pipeline(
     cls: type[Pipeline],
     folder: str | os.PathLike,
@@ -47,11 +72,12 @@ def load_pipeline(
     architecture: nn.Module | None = None,
     loss: nn.Module | str | None = None,
     device: str | None = None,
+    weights: bool = True,
 ) -> Pipeline:
     """See :meth:`medseg.Pipeline.load`."""
     folder = Path(folder)
-    folds = sorted(p.parent for p in folder.glob("fold_*/model.pt"))
-    if not (folder / "pipeline.json").is_file() and folds:  # a cross-validation run: ensemble
+    folds = _finished_folds(folder) if not (folder / "pipeline.json").is_file() else []
+    if folds:  # a cross-validation run: ensemble of its finished folds
         pipe = load_pipeline(cls, folds[0], data, architecture=architecture, loss=loss, device=device)
         for fold in folds[1:]:
             member = load_pipeline(cls, fold, architecture=copy.deepcopy(architecture), device=device)
@@ -70,13 +96,45 @@ def load_pipeline(
         preprocessing=[create_step(**s) for s in config["preprocessing"]],
         sampler=PatchSampler(**config["sampler"]),
         architecture=architecture if architecture is not None else spec,
-        loss=loss if loss is not None else config["loss"],
+        loss=loss if loss is not None else _saved_loss(config, folder, data),
         training=TrainingConfig(**config["training"]),
         inference=InferenceConfig(**config["inference"]),
         device=device,
     )
-    weights = folder / "model.pt" if (folder / "model.pt").is_file() else folder / "checkpoint.pt"
-    pipe.network.load_state_dict(load_checkpoint(weights)["model"])
+    if weights:
+        found = folder / "model.pt" if (folder / "model.pt").is_file() else folder / "checkpoint.pt"
+        pipe.network.load_state_dict(load_checkpoint(found)["model"])
     pipe.network.to(pipe.device)
     pipe.split, pipe.history = config.get("split", {}), config.get("history", [])
+    if loss is None and isinstance(pipe.loss, _UnsavedLoss):
+        pipe.loss_spec = config["loss"]  # saved again as it came
     return pipe
+
+
+class _UnsavedLoss(nn.Module):
+    """Stands in for a custom loss that ``pipeline.json`` could not hold: predicting needs no
+    loss; training raises."""
+
+    def __init__(self, name: str, folder: Path, activation: str) -> None:
+        super().__init__()
+        self.name, self.folder = name, folder
+        self.activation = activation  # what the pipeline checks against its labels
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise MedsegError(f"{self.folder}: the loss was a custom module ({self.name}) that pipeline.json "
+                          "cannot hold; pass it to Pipeline.load as `loss=` to train further.")
+
+
+def _saved_loss(config: dict[str, Any], folder: Path, data: object) -> str | dict | nn.Module | None:
+    """The loss ``pipeline.json`` records, or what stands in for one it could not record."""
+    spec = config.get("loss")
+    if isinstance(spec, dict) and "custom" in spec:
+        if data is not None:  # to train further: never swap in another loss unasked
+            raise MedsegError(f"{folder}: the loss was a custom module ({spec['custom']}) that pipeline.json "
+                              "cannot hold; pass it as `loss=` (predicting needs no loss and no data).")
+        regions = getattr(getattr(Plan.from_dict(config["plan"]), "label_spec", None), "regions", None)
+        return _UnsavedLoss(spec["custom"], folder, "sigmoid" if regions else "softmax")
+    if spec is None and data is not None:  # written before losses were recorded: we cannot tell which
+        warnings.warn(f"{folder}/pipeline.json does not record its loss (an older medseg wrote it); "
+                      "training further uses the default loss; pass `loss=` to choose.", stacklevel=4)
+    return spec  # None: the pipeline's default

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,13 @@ from torch import nn
 
 from . import architectures, losses
 from .errors import DataError, MedsegError
-from .evaluation.metrics import compute_metrics, dice_per_label
+from .evaluation.scoring import score_prediction
 from .evaluation.splits import split_validation
-from .inference import InferenceConfig, keep_largest_component, predict_probabilities
+from .inference import InferenceConfig, predict_probabilities
+from .inference.postprocess import to_label_values
 from .io import (
     Dataset,
+    Geometry,
     Sample,
     find_images,
     load_image,
@@ -36,7 +38,6 @@ from .preprocessing import (
     Resample,
     Step,
     ZScore,
-    invert,
     preprocess,
 )
 from .preprocessing.cache import PreprocessedCases
@@ -62,7 +63,8 @@ class Pipeline:
         sampler: the patch sampler (default: the planned patch, a third foreground).
         architecture: a ``torch.nn.Module``, a registry name, or ``None`` for the planned U-Net.
         loss: a loss module or registry name (default ``dice + ce``).
-        plan: override the plan read off the data.
+        plan: replaces the plan read off the data; a mapping replaces some of its fields
+            (``{"patch_size": (32, 48, 32), "batch_size": 2}``).
         spatial_dims: 2 trains slice by slice on 3D data.
         training: a :class:`~medseg.training.TrainingConfig`.
         inference: an :class:`~medseg.inference.InferenceConfig`.
@@ -82,7 +84,7 @@ class Pipeline:
         sampler: PatchSampler | None = None,
         architecture: nn.Module | str | None = None,
         loss: nn.Module | str | None = None,
-        plan: Plan | None = None,
+        plan: Plan | Mapping[str, Any] | None = None,
         spatial_dims: int | None = None,
         training: TrainingConfig | None = None,
         inference: InferenceConfig | None = None,
@@ -91,15 +93,23 @@ class Pipeline:
     ) -> None:
         self.data = open_dataset(data) if isinstance(data, (str, os.PathLike)) else data
         self.device = device or default_device()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise MedsegError(f"device={self.device!r}: CUDA is not available; use --device cpu (device='cpu').")
         self.cache_dir = cache_dir
         self.training = training or TrainingConfig()
         self.inference = inference or InferenceConfig()
         self.fingerprint = None
-        if plan is None:
+        if plan is None or isinstance(plan, Mapping):  # a mapping replaces fields of the planned plan
             if self.data is None:
                 raise ValueError("Pipeline needs `data` to plan from, or an explicit `plan`.")
+            changes = dict(plan or {})
             self.fingerprint, _ = fingerprint_dataset(self.data)
-            plan = plan_dataset(self.data, spatial_dims=spatial_dims, device=self.device, fingerprint=self.fingerprint)
+            plan = plan_dataset(self.data, spatial_dims=changes.pop("spatial_dims", spatial_dims), device=self.device,
+                                fingerprint=self.fingerprint)
+            plan = Plan.from_dict({**plan.to_dict(), **changes}) if changes else plan
+            if len(plan.patch_size) != plan.spatial_dims:
+                raise ValueError(f"patch_size {list(plan.patch_size)} has {len(plan.patch_size)} values; the "
+                                 f"network is {plan.spatial_dims}D, so give {plan.spatial_dims}.")
         if sampler is not None and sampler.patch_size is not None:
             plan = plan.replace(patch_size=sampler.patch_size)
         self.plan = plan
@@ -120,7 +130,7 @@ class Pipeline:
     # -- construction -----------------------------------------------------------------------
     def _default_steps(self) -> list[Step]:
         normalize: Step = CTNormalize() if self.plan.normalization == "ct" else ZScore()
-        return [CropForeground(), Resample(spacing=self.plan.target_spacing), normalize,
+        return [CropForeground(), Resample(spacing=self.plan.target_spacing, keep_axis=self.plan.slice_axis), normalize,
                 Pad(min_shape=self.sampler.data_patch(self.data_dims))]
 
     def _fit_steps(self, steps: Sequence[Step] | None) -> list[Step]:
@@ -131,9 +141,14 @@ class Pipeline:
 
     def _build_network(self, architecture: nn.Module | str | None) -> tuple[dict[str, Any] | None, nn.Module]:
         plan = self.plan
-        common = {"spatial_dims": plan.spatial_dims, "in_channels": plan.in_channels, "out_channels": plan.num_classes}
-        if architecture is None or architecture == "unet":  # the planned widths, named or not
-            spec = {"name": "unet", **common, "features": list(plan.features)}
+        common = {"spatial_dims": plan.spatial_dims, "in_channels": plan.in_channels, "out_channels": plan.out_channels}
+        topology = {"pool_kernels": [list(k) for k in plan.pool_kernels],
+                    "conv_kernels": [list(k) for k in plan.conv_kernels]}
+        if architecture is None or architecture == "unet":  # the planned widths and kernels, named or not
+            spec = {"name": "unet", **common, "features": list(plan.features),
+                    "strides": topology["pool_kernels"], "kernel_sizes": topology["conv_kernels"]}
+        elif architecture == "dynunet":  # nnU-Net's network on the plan's per-axis topology
+            spec = {"name": architecture, **common, **topology}
         elif isinstance(architecture, str):
             spec = {"name": architecture, **common}
         elif isinstance(architecture, nn.Module):  # medseg networks record their arguments
@@ -147,14 +162,26 @@ class Pipeline:
         network = architectures.create_architecture(spec["name"], **kwargs)
         return dict(getattr(network, "hparams", spec)), network
 
-    def _build_loss(self, loss: nn.Module | str | None) -> tuple[str | None, nn.Module]:
+    def _build_loss(self, loss: nn.Module | str | dict | None) -> tuple[str | dict | None, nn.Module]:
+        regions = self.plan.label_spec.regions  # region labels train sigmoid outputs (nnU-Net's DC_and_BCE)
         if loss is None:
-            loss = "dice+ce"
-        if isinstance(loss, str):
-            return loss, losses.create_loss(loss)
-        if isinstance(loss, nn.Module):
-            return None, loss
-        raise TypeError(f"loss must be a torch.nn.Module or a name like 'dice+ce', got {type(loss).__name__}.")
+            loss = "region_dice+region_bce" if regions else "dice+ce"
+        if isinstance(loss, str) and regions:  # a name: its parts get the plan's regions
+            spec, module = loss, losses.create_region_loss(loss, regions)
+        elif isinstance(loss, (str, dict)):  # a name or a saved recipe
+            spec, module = loss, losses.loss_from_config(loss)
+        elif isinstance(loss, nn.Module):  # medseg losses record their arguments (None: custom)
+            spec, module = losses.loss_config(loss), loss
+        else:
+            raise TypeError(f"loss must be a torch.nn.Module or a name like 'dice+ce', got {type(loss).__name__}.")
+        if regions and losses.loss_activation(module) != "sigmoid":
+            raise ValueError(f"loss {spec or type(module).__name__!r} trains softmax classes, but the plan's labels "
+                             f"are regions {self.plan.label_spec.region_names} (sigmoid outputs); use "
+                             "loss='region_dice+region_bce' (the default) or another 'region_*' loss.")
+        if not regions and losses.loss_activation(module) == "sigmoid":
+            raise ValueError(f"loss {spec!r} trains sigmoid regions, but the plan's labels are classes; "
+                             "use a class loss such as 'dice+ce', or a LabelSpec with regions.")
+        return spec, module
 
     # -- data ---------------------------------------------------------------------------------
     def _require_data(self) -> Dataset:
@@ -162,10 +189,15 @@ class Pipeline:
             raise MedsegError("This pipeline has no training data; pass `data` to Pipeline or Pipeline.load.")
         return self.data
 
-    def _cases(self) -> PreprocessedCases:
+    def preprocessed_cases(self) -> PreprocessedCases:
+        """The dataset's cases through this pipeline's preprocessing, cached on disk
+        (``.build(case_ids)`` writes them; ``.image(case)``, ``.label(case)`` read them)."""
         return PreprocessedCases(self._require_data(), self.preprocessing, cache_dir=self.cache_dir)
 
-    def _split(self, train_ids: Sequence[str] | None, val_ids: Sequence[str] | None, val_fraction: float) -> tuple[list[str], list[str]]:
+    def split_cases(self, train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
+                    val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+        """The (train, validation) case ids :meth:`fit` uses: the ids given, or ``val_fraction`` of
+        the cases held out (a subject's cases on one side), seeded by ``training.seed``."""
         data = self._require_data()
         if train_ids is None:
             if val_ids is None:
@@ -211,25 +243,27 @@ class Pipeline:
                                      "time_limit": time_limit}.items() if v is not None}
         config = TrainingConfig(**{**self.training.to_dict(), **changes})
         self.training = config
-        train_ids, val_ids = self._split(train_ids, val_ids, val_fraction)
+        train_ids, val_ids = self.split_cases(train_ids, val_ids, val_fraction)
         self.split = {"train": train_ids, "val": val_ids}
-        cases = self._cases().build([*train_ids, *val_ids])
+        cases = self.preprocessed_cases().build([*train_ids, *val_ids])
         stream = PatchStream(
             cases, train_ids, self.sampler, batch_size=self.plan.batch_size,
             augmentation=self._augmentation(config.augmentation),
             precompute=self._precompute(), num_classes=self.plan.num_classes, spacing=self._patch_spacing(),
-            seed=config.seed * 7919 + len(self.history),
+            seed=config.seed,
         )
-        loader = make_loader(stream, workers=config.workers, pin_memory=self.device == "cuda")
+        def batches(start: int):  # batch i depends on (seed, i) only: a resumed run continues at its batch
+            return iter(make_loader(stream, workers=config.workers, device=self.device, start_batch=start))
         output = Path(output_dir) if output_dir is not None else None
         if output is not None:
             output.mkdir(parents=True, exist_ok=True)
             self._write_config(output)
         validate = (lambda: self._validation_dice(cases, val_ids[:50])) if val_ids else None
         self.history = train(
-            self.network, self.loss, iter(loader), config=config,
+            self.network, self.loss, batches, config=config,
             checkpoint=None if output is None else output / "checkpoint.pt",
-            resume=resume, validate=validate, device=self.device,
+            resume=resume, validate=validate, device=self.device, fixed_shapes=True,
+            first_batch=sum(int(h.get("steps", 0)) for h in self.history),  # a further fit draws new patches
         )
         if val_ids and self.inference.largest_component is None:
             self._choose_postprocessing(cases, val_ids)
@@ -258,41 +292,71 @@ class Pipeline:
     def _roi(self) -> tuple[int, ...]:
         return tuple(self.plan.patch_size)
 
-    def _case_probabilities(self, image: np.ndarray) -> np.ndarray:
+    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """The network's probabilities ``(out_channels, *spatial)`` for one preprocessed image
+        ``(C, *spatial)``: softmax over classes, or a sigmoid per region; sliding window, mirroring
+        and fold ensemble as ``inference`` says."""
+        for network in (self.network, *self.ensemble):  # Pipeline(device="cuda") predicts there, fitted or not
+            network.to(self.device)
         return predict_probabilities([self.network, *self.ensemble], image, roi_size=self._roi(), config=self.inference,
-                                     slice_axis=self.plan.slice_axis, device=self.device)
+                                     slice_axis=self.plan.slice_axis, device=self.device,
+                                     activation="sigmoid" if self.plan.label_spec.is_regions else "softmax")
+
+    def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Mean Dice per case on the preprocessed grid, without and with largest-component cleaning."""
+        spec, plain, cleaned = self.plan.label_spec, [], []
+        for case in val_ids:
+            probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))
+            for keep, scores in ((False, plain), (True, cleaned)):
+                values = to_label_values(probabilities, spec, largest_component=keep)
+                scores.append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
+        return plain, cleaned
 
     def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
-        labels = list(range(1, self.plan.num_classes))
-        scores = []
-        for case in val_ids:
-            probabilities = self._case_probabilities(np.asarray(cases.image(case)))
-            dice = dice_per_label(probabilities.argmax(0), np.asarray(cases.label(case)), labels)
-            scores.append(np.nanmean(list(dice.values())))
-        return float(np.nanmean(scores))
+        return float(np.nanmean(self._validation_scores(cases, val_ids)[0]))
 
     def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
-        """nnU-Net's rule: keep the largest component per class if that does not lower Dice."""
-        labels = list(range(1, self.plan.num_classes))
-        plain, cleaned = [], []
-        for case in val_ids:
-            prediction = self._case_probabilities(np.asarray(cases.image(case))).argmax(0)
-            reference = np.asarray(cases.label(case))
-            plain.append(np.nanmean(list(dice_per_label(prediction, reference, labels).values())))
-            cleaned.append(np.nanmean(list(dice_per_label(keep_largest_component(prediction), reference, labels).values())))
+        """nnU-Net's rule: keep the largest component per class (region) if that does not lower Dice."""
+        plain, cleaned = self._validation_scores(cases, val_ids)
         keep = float(np.mean(cleaned)) >= float(np.mean(plain))
         log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
         self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict_sample(self, sample: Sample) -> np.ndarray:
-        """The label map ``(*spatial)`` of one case, on the grid it was read on."""
+    def predict_case(self, case: str | Sample) -> np.ndarray:
+        """The label map ``(*spatial)`` of one case in the dataset's own values (``plan.labels``),
+        on the grid it was read on; never the ignore value.
+
+        Args:
+            case: a case id of the pipeline's data (training or test case), or a Sample.
+        """
+        sample = self._require_data().load(case) if isinstance(case, str) else case
         prepared = preprocess(sample.replace(label=None), self.preprocessing)
-        probabilities = invert(self._case_probabilities(prepared.image), prepared)
-        labels = probabilities.argmax(0).astype(np.int16)
-        if self.inference.largest_component:
-            labels = keep_largest_component(labels)
-        return labels
+        return to_label_values(self.predict_probabilities(prepared.image), self.plan.label_spec, prepared=prepared,
+                               largest_component=bool(self.inference.largest_component))
+
+    predict_sample = predict_case  # the name of earlier versions
+
+    def write_prediction(self, labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, *,
+                         case: str | None = None, like: str | os.PathLike | None = None) -> Path:
+        """Write a label map of dataset values with the geometry its image was read with.
+
+        Args:
+            labels: ``(*spatial)`` from :meth:`predict_case`.
+            geometry: the image's geometry (``Sample.geometry``).
+            path: the file; with ``case``, the folder of ``<case><suffix>``, the suffix in the format
+                of ``like`` (default: the case's first image in the data): NIfTI for DICOM, PNG for 2D.
+        """
+        ignore = self.plan.label_spec.ignore
+        if ignore is not None and np.any(labels == ignore):
+            raise ValueError(f"labels hold the ignore value {ignore}, which a prediction never holds; "
+                             "pass what predict_case returns.")
+        if case is not None:
+            like = like if like is not None else self._require_data().cases[case].images[0]
+            path = Path(path) / f"{case}{output_suffix(Path(like))}"
+        written = write_label_file(labels, geometry, path)
+        log.info("wrote %s", written)
+        return written
 
     def predict(
         self, inputs: str | os.PathLike, output_dir: str | os.PathLike | None = None
@@ -301,40 +365,44 @@ class Pipeline:
 
         With ``output_dir``, writes one label file per case, named after the case, in the input's
         format (NIfTI for DICOM folders, PNG for 2D images) and geometry, and returns the paths;
-        without, returns the label maps.
+        without, returns the label maps. Both hold the dataset's own label values.
         """
-        found = find_images(inputs)
+        found = find_images(inputs, channels=self.plan.in_channels)  # CASE_0000.. grouped as the plan's channels
         results: dict[str, Any] = {}
         for case, files in found.items():
             image, geometry = load_image(files)
-            labels = self.predict_sample(Sample(case, image, geometry))
-            if output_dir is None:
-                results[case] = labels
-            else:
-                path = Path(output_dir) / f"{case}{output_suffix(files[0])}"
-                results[case] = write_label_file(labels, geometry, path)
-                log.info("wrote %s", path)
+            labels = self.predict_case(Sample(case, image, geometry))
+            results[case] = labels if output_dir is None else self.write_prediction(
+                labels, geometry, output_dir, case=case, like=files[0])
         return results
+
+    def predict_cases(self, case_ids: Sequence[str], output_dir: str | os.PathLike) -> dict[str, Path]:
+        """Predict cases of the pipeline's data and write them into ``output_dir`` (as :meth:`predict`)."""
+        data, written = self._require_data(), {}
+        for case in case_ids:
+            sample = data.load(case)
+            written[case] = self.write_prediction(self.predict_case(sample), sample.geometry, output_dir, case=case)
+        return written
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, case_ids: Sequence[str] | None = None, *, metrics: bool = False) -> dict[str, dict[int, dict[str, float]]]:
         """Score cases (default: the validation split) on their original grid.
 
-        Returns ``{case: {label: {metric: value}}}`` (Dice only unless ``metrics``).
+        Scores what ``plan.label_spec.scored`` names: each foreground class, keyed by its dataset
+        value, or each region, keyed by its ``regions_class_order`` value; ignored voxels count
+        for nothing (:func:`~medseg.evaluation.scoring.score_prediction`).
+
+        Returns ``{case: {value: {metric: score}}}`` (Dice only unless ``metrics``).
         """
         data = self._require_data()
         case_ids = list(case_ids or self.split.get("val") or [])
         if not case_ids:
             raise ValueError("evaluate needs case ids (no validation split was held out).")
-        labels = list(range(1, self.plan.num_classes))
         scores = {}
         for case in case_ids:
             sample = data.load(case)
-            prediction = self.predict_sample(sample)
-            if metrics:
-                scores[case] = compute_metrics(prediction, sample.label, spacing=sample.geometry.spacing, labels=labels)
-            else:
-                scores[case] = {k: {"dice": v} for k, v in dice_per_label(prediction, sample.label, labels).items()}
+            scores[case] = score_prediction(self.predict_case(sample), sample.label, self.plan.label_spec,
+                                            spacing=sample.geometry.spacing, metrics=metrics)
         return scores
 
     def fresh(self, *, seed: int | None = None) -> Pipeline:
@@ -357,7 +425,7 @@ class Pipeline:
             "preprocessing": [s.config() for s in self.preprocessing],
             "sampler": self.sampler.config(),
             "architecture": self.architecture_spec,
-            "loss": self.loss_spec,
+            "loss": self.loss_spec if self.loss_spec is not None else {"custom": type(self.loss).__qualname__},
             "training": self.training.to_dict(),
             "inference": self.inference.to_dict(),
             "split": self.split,
@@ -380,6 +448,7 @@ class Pipeline:
         architecture: nn.Module | None = None,
         loss: nn.Module | str | None = None,
         device: str | None = None,
+        weights: bool = True,
     ) -> Pipeline:
         """Rebuild a saved pipeline. No code is unpickled: JSON config, weights-only tensors.
 
@@ -392,8 +461,10 @@ class Pipeline:
             architecture: the network, needed only when it was a custom module.
             loss: replaces the saved loss.
             device: where to run.
+            weights: ``False`` keeps the newly initialised network (a run stopped before its first
+                checkpoint, about to be resumed).
         """
-        return load_pipeline(cls, folder, data, architecture=architecture, loss=loss, device=device)
+        return load_pipeline(cls, folder, data, architecture=architecture, loss=loss, device=device, weights=weights)
 
     def __repr__(self) -> str:
         return (f"Pipeline(data={self.data!r}, spatial_dims={self.plan.spatial_dims}, patch={self.plan.patch_size}, "

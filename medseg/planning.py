@@ -7,8 +7,11 @@ from the data, and CT data gets CT normalisation.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -19,13 +22,14 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import DataError
 from .io.datasets import Dataset
 from .io.files import full_suffix
 from .io.labels import LabelSpec
 from .io.readers import NiftiIO, read_image_file
 from .preprocessing.base import Fingerprint
 
-__all__ = ["Plan", "fingerprint_dataset", "plan_dataset"]
+__all__ = ["Plan", "fingerprint_dataset", "plan_dataset", "plan_topology"]
 
 # Voxels per training batch the default plan aims at, by device: enough context per patch,
 # enough steps per minute. Measured on the hippocampus and HC18 data (see README).
@@ -34,6 +38,8 @@ _BATCH_VOXELS = {("cpu", 2): 6 * 320 * 224, ("cpu", 3): 4 * 40 * 56 * 40,
 # Largest median image (voxels) trained at full resolution; larger data is coarsened.
 _IMAGE_VOXELS = {("cpu", 2): 192 * 192, ("cpu", 3): 160 ** 3, ("cuda", 2): 1024 * 1024, ("cuda", 3): 320 ** 3}
 _MAX_BATCH = {2: 16, 3: 8}
+_MIN_EDGE = 4  # smallest bottleneck edge in voxels (nnU-Net's min feature map size)
+_MAX_POOLS = {2: 5, 3: 4}  # most downsamplings per axis
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,10 @@ class Plan:
         intensity: per channel foreground statistics (CT only).
         labels: what the dataset's label values mean (values, names, ignore label, regions);
             ``None`` in plans saved before it existed (classes ``0..num_classes-1``).
+        pool_kernels: the U-Net's downsampling per stage after the first, one stride per axis
+            (``len(features) - 1`` entries); default 2 on every axis (plans saved before it).
+        conv_kernels: the convolution kernel per stage, one size per axis (``len(features)``
+            entries); default 3 on every axis.
     """
 
     spatial_dims: int
@@ -70,6 +80,21 @@ class Plan:
     slice_axis: int | None = None
     intensity: tuple[dict[str, float], ...] = field(default_factory=tuple)
     labels: LabelSpec | None = None
+    pool_kernels: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+    conv_kernels: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        stages, dims = len(self.features), self.spatial_dims
+        pools = tuple(tuple(int(k) for k in s) for s in self.pool_kernels) or ((2,) * dims,) * (stages - 1)
+        convs = tuple(tuple(int(k) for k in s) for s in self.conv_kernels) or ((3,) * dims,) * stages
+        if len(pools) != stages - 1 or len(convs) != stages or any(len(k) != dims for k in (*pools, *convs)):
+            raise ValueError(
+                f"Plan: features {self.features} sets {stages} stages, so pool_kernels needs {stages - 1} and "
+                f"conv_kernels {stages} entries of {dims} sizes each; got pool_kernels={pools}, conv_kernels="
+                f"{convs}. Replace them together with features (pool_kernels=(), conv_kernels=() gives the "
+                "isotropic default).")
+        object.__setattr__(self, "pool_kernels", pools)
+        object.__setattr__(self, "conv_kernels", convs)
 
     @property
     def label_spec(self) -> LabelSpec:
@@ -98,7 +123,10 @@ class Plan:
         return cls(**fields)
 
     def __str__(self) -> str:
-        rows = [f"  {k:<15} {v}" for k, v in asdict(self).items() if k not in ("intensity", "labels")]
+        rows = [f"  {k:<15} {v}" for k, v in asdict(self).items()
+                if k not in ("intensity", "labels", "pool_kernels", "conv_kernels")]
+        rows.append(f"  {'pool_kernels':<15} {' '.join('x'.join(map(str, k)) for k in self.pool_kernels)}")
+        rows.append(f"  {'conv_kernels':<15} {' '.join('x'.join(map(str, k)) for k in self.conv_kernels)}")
         spec = self.label_spec
         if spec.ignore is not None or spec.regions or not spec.is_identity:
             rows.append(f"  {'label values':<15} {list(spec.values)}"
@@ -107,19 +135,63 @@ class Plan:
         return "Plan\n" + "\n".join(rows)
 
 
-def _header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Shape and spacing from the header alone where the format allows."""
-    if full_suffix(path) in NiftiIO.suffixes:
-        header = nib.load(str(path)).header
-        shape = header.get_data_shape()[:3]
-        return tuple(int(s) for s in shape), tuple(float(z) for z in header.get_zooms()[: len(shape)])
-    if path.is_file():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return tuple(reader.GetSize()), tuple(reader.GetSpacing())
-    _, geometry = read_image_file(path)
-    return geometry.shape, geometry.spacing
+Header = tuple[tuple[int, ...], tuple[float, ...], int]
+
+
+def _nifti_header(path: Path) -> Header:
+    """Shape, spacing and channels (a 4D file's last axis) of a NIfTI file, checked complete."""
+    image = nib.load(str(path))
+    header, proxy = image.header, image.dataobj  # the proxy knows where the voxels start
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if not 2 <= len(shape) <= 4:
+        raise DataError(f"{path}: expected a 2D, 3D or 4D NIfTI, got shape {shape}.")
+    spatial = shape[:3]
+    expected = int(proxy.offset) + math.prod(shape) * header.get_data_dtype().itemsize
+    if full_suffix(path) == ".nii":
+        found = path.stat().st_size
+    else:  # gzip keeps the data size (mod 2**32) in its last 4 bytes; count only if they disagree
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            found = int.from_bytes(handle.read(4), "little")
+        if found != expected % 2**32:
+            found = 0
+            with gzip.open(path) as stream:
+                while chunk := stream.read(1 << 22):
+                    found += len(chunk)
+    if found < expected:
+        raise DataError(f"{path}: truncated NIfTI ({found} of {expected} bytes); copy or export it again.")
+    zooms = tuple(float(z) for z in header.get_zooms()[: len(spatial)])
+    return spatial, zooms, shape[3] if len(shape) == 4 else 1
+
+
+def _header(path: Path) -> Header:
+    """Shape, spacing and channel count from the header alone where the format allows.
+
+    Raises:
+        DataError: naming the file, when it is missing, truncated or not an image of its kind.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found.")
+    suffix = full_suffix(path)
+    try:
+        if suffix in NiftiIO.suffixes:
+            return _nifti_header(path)
+        if suffix == ".npy":  # (*spatial) or (C, *spatial), 1 mm voxels, as NumpyIO reads it
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            spatial, channels = (shape[1:], shape[0]) if len(shape) == 4 else (shape, 1)
+            return tuple(int(n) for n in spatial), (1.0,) * len(spatial), int(channels)
+        if path.is_file() and suffix != ".npz":
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            return tuple(reader.GetSize()), tuple(reader.GetSpacing()), int(reader.GetNumberOfComponents())
+    except DataError:
+        raise
+    except Exception as error:  # nibabel, NumPy and SimpleITK raise many types for corrupt files
+        raise DataError(f"{path}: could not be read as a {suffix or 'DICOM'} image ({error}).") from error
+    image, geometry = read_image_file(path)  # .npz archives and DICOM folders: read it all
+    return geometry.shape, geometry.spacing, int(image.shape[0])
 
 
 def _case_facts(dataset: Dataset, case: str, intensity: bool) -> dict[str, Any]:
@@ -128,6 +200,7 @@ def _case_facts(dataset: Dataset, case: str, intensity: bool) -> dict[str, Any]:
     if intensity or dataset.label_spec is None:
         sample = dataset.load(case)
         facts["shape"], facts["spacing"] = sample.geometry.shape, sample.geometry.spacing
+        facts["channels"] = int(sample.image.shape[0])
         facts["classes"] = np.unique(sample.label).tolist() if sample.label is not None else [0]
         if intensity and sample.label is not None:
             rng = np.random.default_rng(0)
@@ -135,7 +208,9 @@ def _case_facts(dataset: Dataset, case: str, intensity: bool) -> dict[str, Any]:
             take = rng.choice(foreground.shape[1], min(10000, foreground.shape[1]), replace=False)
             facts["foreground"] = foreground[:, take]
     else:
-        facts["shape"], facts["spacing"] = _header(files.images[0])
+        headers = [_header(file) for file in files.images]  # one file per channel group
+        facts["shape"], facts["spacing"] = headers[0][:2]
+        facts["channels"] = sum(h[2] for h in headers)
         facts["classes"] = list(range(dataset.label_spec.num_classes))
     return facts
 
@@ -146,6 +221,7 @@ def fingerprint_dataset(dataset: Dataset, *, workers: int = 4) -> tuple[Fingerpr
     with ThreadPoolExecutor(workers) as pool:
         facts = list(pool.map(lambda c: _case_facts(dataset, c, ct), dataset.case_ids))
     classes = sorted({c for f in facts for c in f["classes"]})
+    channels = _common_channels(dataset, [f["channels"] for f in facts])
     stats: list[dict[str, float]] = []
     if ct:
         values = np.concatenate([f["foreground"] for f in facts if "foreground" in f], axis=1)
@@ -158,23 +234,99 @@ def fingerprint_dataset(dataset: Dataset, *, workers: int = 4) -> tuple[Fingerpr
         shapes=tuple(tuple(f["shape"]) for f in facts),
         intensity=tuple(stats),
         classes=tuple(classes),
+        channels=channels,
     )
     return fingerprint, classes
 
 
-def _patch_size(shape: Sequence[float], budget: int, pools: int) -> tuple[int, ...]:
-    """The median shape rounded up to a multiple of ``2**pools``, shrunk to fit ``budget``."""
-    multiple = 2**pools
-    patch = [max(multiple, math.ceil(s / multiple) * multiple) for s in shape]
-    while math.prod(patch) > budget and max(patch) > multiple:
-        axis = int(np.argmax(patch))
-        patch[axis] -= multiple
+def _common_channels(dataset: Dataset, counts: Sequence[int]) -> int:
+    """The channel count every case has; a :class:`DataError` names a case that differs."""
+    common = Counter(counts).most_common(1)[0][0]
+    for case, count in zip(dataset.case_ids, counts, strict=True):
+        if count != common:
+            example = dataset.case_ids[counts.index(common)]
+            files = ", ".join(str(f) for f in dataset.cases[case].images)
+            raise DataError(
+                f"case {case!r} ({files}) has {count} image channel(s), the other cases {common} (e.g. "
+                f"{example!r}); every case needs the same channels: fix or remove {case!r}.")
+    return int(common)
+
+
+def plan_topology(
+    size: Sequence[float], spacing: Sequence[float], max_pools: int | Sequence[int]
+) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Per-axis downsampling and kernels of a U-Net, nnU-Net's rule (``get_pool_and_conv_props``).
+
+    Stage by stage, an axis is halved while its spacing is under twice the finest spacing of the
+    axes still large enough to halve (a halved axis doubles its spacing), it stays at least
+    ``_MIN_EDGE`` voxels, and it was halved fewer than ``max_pools`` times; a lone axis is halved
+    only while it is at least three times ``_MIN_EDGE``. A kernel is 1 along an axis over twice as
+    coarse as the finest, else 3, and stays 3 once it is; the bottleneck's is 3 on every axis.
+
+    Args:
+        size: the patch (or image) size per axis.
+        spacing: its voxel spacing.
+        max_pools: the most halvings per axis.
+
+    Returns:
+        ``(pool_kernels, conv_kernels)``: one stride tuple per downsampling, one kernel tuple per
+        stage (one more).
+
+    Example:
+        >>> plan_topology((20, 320, 320), (3.6, 0.6, 0.6), 4)[0]
+        ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2))
+    """
+    size, spacing = [float(n) for n in size], [float(s) for s in spacing]
+    dims = len(size)
+    caps = [int(max_pools)] * dims if isinstance(max_pools, int) else [int(m) for m in max_pools]
+    pooled, kernel = [0] * dims, [1] * dims
+    pools: list[tuple[int, ...]] = []
+    convs: list[tuple[int, ...]] = []
+    while True:
+        kernel = [3 if k == 3 or sp < 2 * min(spacing) else 1 for k, sp in zip(kernel, spacing, strict=True)]
+        convs.append(tuple(kernel))
+        large = [a for a in range(dims) if size[a] / 2 >= _MIN_EDGE]
+        finest = min((spacing[a] for a in large), default=0.0)
+        axes = [a for a in large if spacing[a] < 2 * finest and pooled[a] < caps[a]]
+        if not axes or (len(axes) == 1 and size[axes[0]] < 3 * _MIN_EDGE):
+            break
+        pools.append(tuple(2 if a in axes else 1 for a in range(dims)))
+        for a in axes:
+            pooled[a], size[a], spacing[a] = pooled[a] + 1, size[a] / 2, spacing[a] * 2
+    convs[-1] = (3,) * dims
+    return tuple(pools), tuple(convs)
+
+
+def _strides(pool_kernels: Sequence[Sequence[int]], dims: int) -> list[int]:
+    """The total downsampling per axis: the patch must be a multiple of it."""
+    return [math.prod(k[a] for k in pool_kernels) for a in range(dims)]
+
+
+def _patch_size(shape: Sequence[float], budget: int, multiples: Sequence[int]) -> tuple[int, ...]:
+    """The median shape rounded up to multiples of the network's strides, shrunk to ``budget``:
+    the longest axis (in voxels) first, by its multiple."""
+    patch = [max(m, math.ceil(s / m) * m) for s, m in zip(shape, multiples, strict=True)]
+    while math.prod(patch) > budget and any(p > m for p, m in zip(patch, multiples, strict=True)):
+        axis = max((a for a in range(len(patch)) if patch[a] > multiples[a]), key=lambda a: patch[a])
+        patch[axis] -= multiples[axis]
     return tuple(patch)
 
 
-def _pools(shape: Sequence[float], spatial_dims: int) -> int:
-    """Downsamplings until the smallest axis would fall under 4 voxels (at most 5 in 2D, 4 in 3D)."""
-    return max(1, min(5 if spatial_dims == 2 else 4, int(math.log2(max(min(shape), 8) / 4))))
+def _network_plan(
+    shape: Sequence[float], spacing: Sequence[float], budget: int
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Patch, pool kernels and conv kernels: the topology of the median image, the patch that
+    fits the budget, then the topology again on that patch (never deeper than the first)."""
+    dims = len(shape)
+    pools, _ = plan_topology(shape, spacing, _MAX_POOLS[dims])
+    if not pools:  # tiny images: one downsampling anyway, as the U-Net needs two stages
+        pools = ((2,) * dims,)
+    patch = _patch_size(shape, budget, _strides(pools, dims))
+    per_axis = [int(math.log2(m)) for m in _strides(pools, dims)]
+    final, convs = plan_topology(patch, spacing, per_axis)
+    if not final:
+        final, convs = pools[:1], ((3,) * dims,) * 2
+    return patch, final, convs
 
 
 def plan_dataset(
@@ -214,18 +366,19 @@ def plan_dataset(
     if spatial_dims < data_dims:  # the coarsest axis, or the last (z) when isotropic
         slice_axis = int(np.argmax(spacing)) if spacing.max() > 1.5 * spacing.min() else data_dims - 1
     in_plane = shape if slice_axis is None else np.delete(shape, slice_axis)
-    pools = _pools(in_plane, spatial_dims)
-    patch = _patch_size(in_plane, _BATCH_VOXELS[(kind, spatial_dims)] // 2, pools)
+    in_plane_spacing = spacing if slice_axis is None else np.delete(spacing, slice_axis)
+    patch, pool_kernels, conv_kernels = _network_plan(in_plane, in_plane_spacing,
+                                                      _BATCH_VOXELS[(kind, spatial_dims)] // 2)
     batch = int(np.clip(_BATCH_VOXELS[(kind, spatial_dims)] // math.prod(patch), 2, _MAX_BATCH[spatial_dims]))
     # nnU-Net's widths on a GPU; half of them on a CPU, where a step must stay under a second
     base, cap = (32, 320 if spatial_dims == 3 else 512) if kind == "cuda" else (16, 256)
-    features = tuple(min(base * 2**i, cap) for i in range(pools + 1))
+    features = tuple(min(base * 2**i, cap) for i in range(len(conv_kernels)))
     ct = any(m.upper() == "CT" for m in dataset.modality)
     # declared classes, else the values found in the label files (0, 1, 2, 4 -> four classes)
     spec = dataset.label_spec if dataset.label_spec is not None else LabelSpec.from_values(classes)
     return Plan(
         spatial_dims=spatial_dims,
-        in_channels=len(dataset.modality) if isinstance(dataset.modality, tuple) and len(dataset.modality) > 0 else 1,
+        in_channels=fingerprint.channels or max(1, len(dataset.modality)),
         num_classes=spec.num_classes,
         class_names=spec.names,
         target_spacing=tuple(round(float(s), 6) for s in spacing),
@@ -237,4 +390,6 @@ def plan_dataset(
         slice_axis=slice_axis,
         intensity=fingerprint.intensity,
         labels=spec,
+        pool_kernels=pool_kernels,
+        conv_kernels=conv_kernels,
     )

@@ -55,10 +55,10 @@ def test_stream_from_the_cache_yields_crops_of_fresh_preprocessing(tmp_path):
     batches = list(itertools.islice(iter(stream), 4))
 
     fresh = {c: preprocess(data.load(c), steps) for c in ids}
-    rng = np.random.default_rng([seed, 0])  # the stream's generator outside worker processes
     sampler = PatchSampler(patch_size=patch, foreground_ratio=1 / 3)
     centred = 0
-    for batch in batches:
+    for index, batch in enumerate(batches):
+        rng = np.random.default_rng([seed, index])  # each batch has its own generator
         for k in range(batch_size):
             sample = fresh[ids[rng.integers(len(ids))]]
             none.draw(rng, 3)  # the stream draws augmentation parameters before the origin

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -47,13 +49,14 @@ def disks(tmp_path_factory):
     return root
 
 
-def _pipeline(root) -> medseg.Pipeline:
-    data = medseg.FolderDataset(root, group_pattern=r"^(s\d+)_")
+def _pipeline(root, *, group_pattern: str | None = r"^(s\d+)_", patch=(48, 48), loss=None, workers=0,
+              features=(8, 16)) -> medseg.Pipeline:
+    data = medseg.FolderDataset(root, group_pattern=group_pattern)
     architecture = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-                    "features": [8, 16]}
-    return medseg.Pipeline(data, architecture=architecture, device="cpu",
-                           training=medseg.TrainingConfig(workers=0, seed=0),
-                           sampler=medseg.sampling.PatchSampler(patch_size=(48, 48)))
+                    "features": list(features)}
+    return medseg.Pipeline(data, architecture=architecture, device="cpu", loss=loss,
+                           training=medseg.TrainingConfig(workers=workers, seed=0),
+                           sampler=medseg.sampling.PatchSampler(patch_size=patch))
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +234,76 @@ def test_a_killed_run_resumes_where_it_stopped(disks, tmp_path, monkeypatch):
     assert summary["folds"] == FOLDS and summary["cases"] == 12
     assert math.isfinite(summary["mean_dice"][1])
     assert len(_read_csv(out / "report" / "metrics.csv")) == 12
+
+
+# --- settings kept in cv.json; unfinished folds -------------------------------------------------
+
+
+def test_cv_json_keeps_the_settings_and_their_digest(finished):
+    _, out, _ = finished
+    cv = json.loads((out / "cv.json").read_text())
+    settings = cv["settings"]
+    assert settings["fit"] == {"epochs": 1, "iterations_per_epoch": 2, "time_limit": None}
+    assert (settings["folds"], settings["seed"], settings["groups"]["subjects"]) == (FOLDS, 0, 6)
+    assert settings["plan"]["patch_size"] == [48, 48] and settings["architecture"]["features"] == [8, 16]
+    assert "history" not in settings and "split" not in settings and "workers" not in settings["training"]
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    assert cv["settings_digest"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("pipeline", "options", "match"), [
+    ({}, {"epochs": 2}, r"fit\.epochs: 1 in cv\.json, 2 now"),
+    ({}, {"time_limit": 60.0}, r"fit\.time_limit: null in cv\.json, 60\.0 now"),
+    ({"loss": "focal"}, {}, r"loss: .* in cv\.json, \"focal\" now"),
+    ({"patch": (32, 32)}, {}, r"plan\.patch_size: \[48, 48\] in cv\.json, \[32, 32\] now"),
+    ({"features": (8, 24)}, {}, r"architecture\.features: \[8, 16\] in cv\.json, \[8, 24\] now"),
+    ({"group_pattern": None}, {}, r"groups\.subjects: 6 in cv\.json, 12 now"),
+])
+def test_a_rerun_with_other_settings_is_refused_naming_them(finished, disks, monkeypatch, pipeline, options, match):
+    _, out, _ = finished
+    _count_training(monkeypatch, fail=True)
+    before = (out / "cv.json").read_text()
+    with pytest.raises(ValueError, match=match):
+        cross_validate(_pipeline(disks, **pipeline), FOLDS, output_dir=out,
+                       **{"epochs": 1, "iterations_per_epoch": 2, **options})
+    assert (out / "cv.json").read_text() == before
+
+
+def test_settings_that_change_no_result_may_differ(finished, disks, monkeypatch):
+    pipe, out, summary = finished
+    _count_training(monkeypatch, fail=True)
+    again = cross_validate(_pipeline(disks, workers=2), FOLDS, output_dir=out, epochs=1, iterations_per_epoch=2)
+    assert again == summary
+
+
+def test_a_cv_json_without_settings_resumes_with_a_warning(finished, disks, tmp_path, monkeypatch):
+    _, out, summary = finished
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    cv = json.loads((old / "cv.json").read_text())
+    del cv["settings"], cv["settings_digest"]
+    (old / "cv.json").write_text(json.dumps(cv))
+    _count_training(monkeypatch, fail=True)
+    with pytest.warns(UserWarning, match="written before cross-validation kept its settings"):
+        again = cross_validate(_pipeline(disks), FOLDS, output_dir=old, epochs=1, iterations_per_epoch=2)
+    assert again["mean_dice"] == summary["mean_dice"]
+    assert "settings_digest" in json.loads((old / "cv.json").read_text())  # recorded now
+    with pytest.raises(ValueError, match="fit.epochs"):  # and checked from then on
+        cross_validate(_pipeline(disks), FOLDS, output_dir=old, epochs=3, iterations_per_epoch=2)
+
+
+def test_unfinished_folds_load_with_a_warning_naming_them(finished, tmp_path):
+    _, out, _ = finished
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "fold_1" / "metrics.json").unlink()  # fold 1 still predicting
+    (partial / "fold_2" / "model.pt").unlink()      # fold 2 still training
+    with pytest.warns(UserWarning, match=r"folds \[1, 2\] of 3 have not finished.*holds folds \[0\] only"):
+        loaded = medseg.Pipeline.load(partial)
+    assert loaded.ensemble == []
+    saved = torch.load(out / "fold_0" / "model.pt", weights_only=True)["model"]
+    for name, value in loaded.network.state_dict().items():
+        torch.testing.assert_close(value.cpu(), saved[name], rtol=0, atol=0)
+    (partial / "fold_0" / "metrics.json").unlink()
+    with pytest.raises(medseg.errors.DataError, match="no fold of this cross-validation has finished"):
+        medseg.Pipeline.load(partial)

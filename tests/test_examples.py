@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def _run(args, cwd, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+                            encoding="utf-8", errors="replace", timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -189,4 +189,5 @@ def test_nnunet_v2_layout_with_channels(tmp_path):
     assert data.modality == ("T1", "T2") and list(data.test_cases) == ["t1"]
     sample = data.load("c2")
     assert sample.image.shape == (2, 4, 4, 4) and sample.image[1].min() == 1.0
-    assert list(find_images(tmp_path / "imagesTs")) == ["t1"]
+    assert list(find_images(tmp_path / "imagesTs", channels=2)) == ["t1"]
+    assert list(find_images(tmp_path / "imagesTs")) == ["t1_0000", "t1_0001"]  # nothing declared: files

@@ -186,3 +186,111 @@ def test_precomputed_extras_equal_the_slow_path(dims, spacing):
     # plain losses have nothing to precompute and ignore extras
     assert DiceLoss().precompute(labels[0].numpy(), C) == {}
     assert DiceLoss()(logits, labels, **extras) == DiceLoss()(logits, labels)
+
+
+# ---- the ignore label: left out of every loss ----------------------------------------------------
+
+IGNORE = -1  # medseg.io.labels.IGNORE_INDEX
+
+
+def _slab_batch(dims: str, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch whose last two rows of the first spatial axis are ignored, and the same batch with
+    those rows cut off (the reference: a loss must not see ignored voxels at all)."""
+    spatial = tuple(s + 2 if i == 0 else s for i, s in enumerate(SHAPES[dims]))
+    logits, labels = make_batch(spatial, seed=seed)
+    labels[:, -2:] = IGNORE
+    return logits, labels, logits[:, :, :-2].clone(), labels[:, :-2].clone()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES) + COMPOUNDS)
+@pytest.mark.parametrize("dims", sorted(SHAPES))
+def test_ignored_voxels_add_nothing_to_value_or_gradient(name, dims):
+    logits, labels, cropped_logits, cropped_labels = _slab_batch(dims)
+    loss = create_loss(name)
+    loss.set_epoch(20)
+    logits.requires_grad_(True)
+    value = loss(logits, labels)
+    value.backward()
+    expected = loss(cropped_logits, cropped_labels)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6), name
+    assert torch.all(logits.grad[:, :, -2:] == 0), name  # exactly zero where ignored
+    assert logits.grad[:, :, :-2].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("dims", sorted(SHAPES))
+def test_ignored_voxels_in_precomputed_maps(dims):
+    logits, labels, cropped_logits, cropped_labels = _slab_batch(dims, seed=4)
+    loss = create_loss("boundary+hausdorff+dpce", weights=[1.0, 1.0, 1.0])
+    per_sample = [loss.precompute(y.numpy(), C) for y in labels]
+    extras = {k: torch.from_numpy(np.stack([s[k] for s in per_sample])) for k in per_sample[0]}
+    assert np.all(extras["signed_distance"].numpy()[:, :, -2:] == 0)
+    assert np.all(extras["target_distance"].numpy()[:, :, -2:] == 0)
+    for part in loss.losses:
+        fast, reference = part(logits, labels, **extras), part(cropped_logits, cropped_labels)
+        assert fast.item() == pytest.approx(reference.item(), rel=1e-5), type(part).__name__
+
+
+def test_ignore_by_hand_cross_entropy_and_dice():
+    logits = torch.tensor([[[2.0, 0.0, -1.0, 5.0]], [[0.0, 1.0, 1.0, -5.0]]]).permute(1, 0, 2)  # (1, 2, 4)
+    labels = torch.tensor([[0, 1, IGNORE, IGNORE]])
+    p = torch.softmax(logits, dim=1)[0]
+    ce = -(torch.log(p[0, 0]) + torch.log(p[1, 1])) / 2
+    assert create_loss("ce")(logits, labels).item() == pytest.approx(ce.item(), rel=1e-6)
+    weighted = -(0.5 * torch.log(p[0, 0]) + 2.0 * torch.log(p[1, 1])) / 2.5
+    assert CrossEntropyLoss(weight=[0.5, 2.0])(logits, labels).item() == pytest.approx(weighted.item(), rel=1e-6)
+    dice1 = 1 - (2 * p[1, 1] + 1e-5) / (p[1, 0] + p[1, 1] + 1 + 1e-5)  # class 1 over voxels 0 and 1 only
+    dice0 = 1 - (2 * p[0, 0] + 1e-5) / (p[0, 0] + p[0, 1] + 1 + 1e-5)
+    assert DiceLoss()(logits, labels).item() == pytest.approx(((dice0 + dice1) / 2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ce", "dice+ce", "focal", "topk", "lovasz", "region_dice+region_bce"])
+def test_an_all_ignored_batch_is_a_finite_zero_gradient(name):
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    value = create_loss(name)(logits, torch.full((2, 4, 4), IGNORE))
+    value.backward()
+    assert torch.isfinite(value) and torch.all(logits.grad == 0)
+
+
+def test_ignore_index_matches_io_and_other_negatives_raise():
+    from medseg.io.labels import IGNORE_INDEX
+    from medseg.losses.base import IGNORE_INDEX as LOSS_IGNORE
+
+    assert LOSS_IGNORE == IGNORE_INDEX == IGNORE
+    with pytest.raises(ValueError, match=r"\[0, 2\] \(or -1: ignored\), got \[-2, 1\]"):
+        DiceLoss()(torch.randn(1, 3, 2, 2), torch.tensor([[[-2, 0], [1, 1]]]))
+
+
+# ---- region (sigmoid) losses ----------------------------------------------------------------------
+
+
+def test_region_losses_by_hand():
+    from medseg.losses import RegionBCELoss, RegionDiceLoss, create_region_loss
+
+    regions = [(1, 2), (2,)]
+    logits = torch.tensor([[[1.0, -1.0, 2.0, 0.5]], [[-2.0, 0.0, 3.0, 1.0]]]).permute(1, 0, 2)  # (1, 2, 4)
+    labels = torch.tensor([[0, 1, 2, IGNORE]])
+    masks = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # whole, core over the 3 kept voxels
+    kept = logits[0, :, :3]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(kept, masks)
+    assert RegionBCELoss(regions=regions)(logits, labels).item() == pytest.approx(bce.item(), rel=1e-6)
+    p = torch.sigmoid(kept)
+    dice = 1 - ((2 * (p * masks).sum(1) + 1e-5) / (p.sum(1) + masks.sum(1) + 1e-5)).mean()
+    assert RegionDiceLoss(regions=regions)(logits, labels).item() == pytest.approx(dice.item(), rel=1e-6)
+    both = create_region_loss("region_dice+region_bce", regions)
+    assert both(logits, labels).item() == pytest.approx((dice + bce).item(), rel=1e-6)
+    assert [part.regions for part in both.losses] == [((1, 2), (2,))] * 2
+
+
+def test_region_losses_refuse_mismatches():
+    from medseg.losses import RegionDiceLoss, create_region_loss, loss_activation
+
+    with pytest.raises(ValueError, match=r"\['dice'\] train softmax class outputs.*region_dice\+region_bce"):
+        create_region_loss("dice+region_bce", [(1,), (2,)])
+    with pytest.raises(ValueError, match="3 channels but the loss has 2 regions"):
+        RegionDiceLoss(regions=[(1,), (2,)])(torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="regions must be non-empty"):
+        RegionDiceLoss(regions=[(0, 1)])
+    assert loss_activation(create_loss("region_dice+region_bce")) == "sigmoid"
+    assert loss_activation(create_loss("dice+ce")) == "softmax"
+    with pytest.raises(ValueError, match="mixes region"):
+        loss_activation(create_loss("dice+region_bce"))

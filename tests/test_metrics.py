@@ -15,6 +15,7 @@ from scipy import ndimage
 from medseg.evaluation.metrics import (
     METRIC_NAMES,
     compute_metrics,
+    confusion_counts,
     dice_per_label,
     metrics_to_rows,
     summarize,
@@ -397,3 +398,41 @@ def test_unusual_label_values_and_bool_masks_give_the_same_metrics():
     assert odd[-4] == expected[1] and odd[70_000] == expected[2]
     binary = compute_metrics(pred == 1, ref == 1, spacing=(0.7, 1.3, 2.5))
     assert binary == {1: expected[1]}
+
+
+# --- ignored voxels and regions -----------------------------------------------------------------
+
+
+def test_ignored_voxels_are_left_out_of_every_metric_by_hand():
+    # row 0: reference 1 1 0 5 5 (5 = ignore), prediction 1 0 0 1 1; row 1 background in both
+    ref = np.array([[1, 1, 0, 5, 5], [0, 0, 0, 0, 0]])
+    pred = np.array([[1, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
+    counted = compute_metrics(pred, ref, labels=[1])[1]  # without ignore: the 2 predicted 5s are FP
+    assert counted["dice"] == pytest.approx(2 / 5) and counted["specificity"] == pytest.approx(6 / 8)
+    left_out = compute_metrics(pred, ref, labels=[1], ignore=5)[1]  # 8 voxels scored: TP 1, FN 1, TN 6
+    assert_metrics(left_out, {"dice": 2 / 3, "iou": 1 / 2, "precision": 1.0, "recall": 1 / 2,
+                              "specificity": 1.0, "volume_difference": -1.0, "hd": 1.0, "assd": 1 / 3,
+                              "nsd": 1.0})  # distances 0 (pred->ref), 0 and 1 (ref->pred)
+    assert dice_per_label(pred, ref, [1], ignore=5) == {1: pytest.approx(2 / 3)}
+    assert confusion_counts(pred, ref, [1], ignore=5)[1] == {"TP": 1, "FP": 0, "FN": 1, "TN": 6,
+                                                             "n_pred": 1, "n_ref": 2}
+    assert list(compute_metrics(pred, ref, ignore=5)) == [1]  # the ignore value is never a label
+    with pytest.raises(ValueError, match="ignore value 5"):
+        compute_metrics(pred, ref, labels=[1, 5], ignore=5)
+
+
+def test_regions_are_scored_as_one_mask_by_hand():
+    # reference 1 2 3 0, prediction 2 2 0 3 (BraTS-like regions: whole (1, 2, 3), core (2, 3))
+    ref = np.array([[1, 2, 3, 0], [0, 0, 0, 0]])
+    pred = np.array([[2, 2, 0, 3], [0, 0, 0, 0]])
+    targets = [(1, 2, 3), (2, 3), 3]
+    full = compute_metrics(pred, ref, labels=targets)
+    assert list(full) == targets
+    assert full[(1, 2, 3)]["dice"] == pytest.approx(4 / 6) and full[(2, 3)]["dice"] == pytest.approx(2 / 5)
+    assert full[3]["dice"] == 0.0 and full[(1, 2, 3)]["hd"] == 1.0
+    assert dice_per_label(pred, ref, targets) == {(1, 2, 3): pytest.approx(4 / 6), (2, 3): pytest.approx(2 / 5),
+                                                  3: 0.0}
+    assert confusion_counts(pred, ref, [(1, 2, 3)])[(1, 2, 3)] == {"TP": 2, "FP": 1, "FN": 1, "TN": 4,
+                                                                  "n_pred": 3, "n_ref": 3}
+    binary = compute_metrics(np.isin(pred, (2, 3)), np.isin(ref, (2, 3)), labels=[1])[1]
+    assert full[(2, 3)] == binary  # the same as scoring the region's binary masks

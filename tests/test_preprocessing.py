@@ -15,6 +15,7 @@ from medseg.preprocessing import (
     ZScore,
     create_step,
     invert,
+    invert_labels,
     preprocess,
 )
 
@@ -107,3 +108,65 @@ def test_step_configs_round_trip_and_errors():
         Resample(spacing=(1.0, -1.0))
     fitted = Resample(spacing="median").fit(Fingerprint(spacings=((1, 1, 3), (1, 1, 5), (2, 2, 4)), shapes=()))
     assert fitted.spacing == (1.0, 1.0, 4.0)
+
+
+def _chain_case(shape, spacing, target, pad, seed=0, crop_first=True):
+    """A case with a zero border (cropped), resampled to ``target`` and padded to ``pad``."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((1, *shape), np.float32)
+    inner = tuple(slice(2, s - 3) for s in shape)
+    image[(0, *inner)] = rng.random(image[(0, *inner)].shape) + 0.5
+    sample = Sample("a", image, Geometry.from_spacing(shape, spacing))
+    crop, resample, zscore, padding = CropForeground(), Resample(spacing=target), ZScore(), Pad(min_shape=pad)
+    keep = Resample(spacing=None)  # no change, but not voxel-moving: the crop after it is undone per channel
+    return preprocess(sample, [crop, zscore, resample, padding] if crop_first else [keep, crop, resample, padding])
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "target", "pad", "lowres"),
+    [
+        ((23, 19), (0.8, 1.1), (1.3, 1.5), (20, 16), None),  # 2D
+        ((21, 18, 17), (0.7, 0.9, 1.0), (1.2, 1.4, 1.6), (14, 14, 14), None),  # 3D
+        ((20, 22, 9), (0.8, 0.8, 4.0), (1.5, 1.5, 3.0), (12, 12, 14), 2),  # thick slices: lowres axis
+    ],
+)
+@pytest.mark.parametrize("k", [1, 3, 14])
+@pytest.mark.parametrize("crop_first", [True, False])  # crop undone on the label map / on each channel
+def test_invert_labels_equals_argmax_of_the_full_inversion(shape, spacing, target, pad, lowres, k, crop_first):
+    prepared = _chain_case(shape, spacing, target, pad, crop_first=crop_first)
+    names = ["crop_foreground", "resample", "pad"]
+    assert [s.name for s, _ in prepared.history] == names if crop_first else ["resample", *names]
+    assert prepared.history[-2][1].lowres_axis == lowres
+    assert all(r is not None for _, r in prepared.history[-3:])  # crop, resample and pad changed the grid
+    rng = np.random.default_rng(k)
+    logits = rng.normal(0, 2, (k, *prepared.spatial_shape)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(0)
+    probabilities[:, 0] = probabilities[:, 1] if k > 1 else probabilities[:, 0]  # exact ties: first class wins
+    before = probabilities.copy()
+    expected = invert(probabilities, prepared).argmax(0)
+    labels = invert_labels(probabilities, prepared)
+    assert labels.shape == shape and labels.dtype == np.int16
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(probabilities, before)  # the input is left alone
+    if k > 1:
+        assert len(np.unique(labels)) == k  # every class occurs, so the comparison means something
+
+
+def test_invert_labels_thresholds_regions_with_nothing_outside_the_crop():
+    prepared = _chain_case((21, 18, 17), (0.7, 0.9, 1.0), (1.2, 1.4, 1.6), (14, 14, 14))
+    assert [s.moves_voxels_only for s, _ in prepared.history] == [True, False, True]
+    assert ZScore().moves_voxels_only  # no inverse at all: undone on the masks too
+    probabilities = np.random.default_rng(3).random((3, *prepared.spatial_shape)).astype(np.float32)
+    masks = invert_labels(probabilities, prepared, reduce="threshold", threshold=0.4)
+    assert masks.shape == (3, 21, 18, 17) and masks.dtype == bool
+    full = invert(probabilities, prepared)
+    inside = (slice(None), *(slice(2, s - 3) for s in (21, 18, 17)))
+    np.testing.assert_array_equal(masks[inside], full[inside] > 0.4)
+    outside = np.ones((21, 18, 17), bool)
+    outside[inside[1:]] = False
+    assert not masks[:, outside].any()  # regions are sigmoid outputs: none outside the body
+    assert (full[0][outside] == 1.0).all()  # whereas the softmax inverse fills background there
+    with pytest.raises(ValueError, match="Unknown reduce 'argmx'.*Did you mean 'argmax'"):
+        invert_labels(probabilities, prepared, reduce="argmx")
+    with pytest.raises(ValueError, match=r"must be \(K, \*spatial\)"):
+        invert_labels(probabilities[0], prepared)

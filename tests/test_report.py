@@ -64,7 +64,8 @@ def as_float(text: str) -> float:
 
 
 def from_json(value) -> float:
-    return math.nan if value is None else float(value)
+    assert value is not None, "non-finite values are written as 'nan'/'inf', never null"
+    return float(value)  # 'nan', 'inf' parse too
 
 
 def same(a: float, b: float) -> bool:
@@ -105,7 +106,7 @@ def test_metrics_csv_and_json_match_rows(written, evaluation):
             assert same(as_float(line[name]), row[name]), name
             assert same(from_json(record[name]), row[name]), name
     worst = [r for r in loaded if r["case"] == "c5" and r["label"] == 2][0]
-    assert worst["hd"] == "inf" and worst["precision"] is None  # JSON-safe non-finite values
+    assert worst["hd"] == "inf" and worst["precision"] == "nan"  # as the CSV: 'inf', 'nan'
 
 
 def test_summary_matches_numpy(written, evaluation):
@@ -261,3 +262,29 @@ def test_class_names_label_the_report_but_not_the_tables(evaluation, tmp_path):
     with open(tmp_path / "metrics.csv", newline="") as f:
         assert {row["label"] for row in csv.DictReader(f)} == {"1", "2"}
     assert label_title(2, {2: "Posterior"}) == "Posterior (2)" and label_title(3, {2: "Posterior"}) == "label 3"
+
+
+def test_one_encoding_for_non_finite_values_in_every_table(tmp_path):
+    from medseg.evaluation.folders import write_metrics_csv
+    from medseg.evaluation.tables import from_json, to_json
+
+    rows = [{"case": "a", "label": 1, "dice": 0.0, "precision": math.nan, "hd": math.inf},
+            {"case": "b", "label": 1, "dice": 0.5, "precision": 0.25, "hd": 2.0}]
+    write_report(tmp_path / "report", rows, plots=False)
+    record = json.loads((tmp_path / "report" / "metrics.json").read_text())[0]
+    assert (record["precision"], record["hd"]) == ("nan", "inf")
+    assert from_json(record)["hd"] == math.inf and math.isnan(from_json(record)["precision"])
+    assert to_json({"x": -math.inf, 2: np.float32(0.5), "t": (1, 2)}) == {"x": "-inf", "2": 0.5, "t": [1, 2]}
+    with open(tmp_path / "report" / "metrics.csv", newline="") as handle:
+        report_cells = list(csv.DictReader(handle))[0]
+    write_metrics_csv(rows, tmp_path / "folders.csv")
+    with open(tmp_path / "folders.csv", newline="") as handle:
+        folder_rows = list(csv.DictReader(handle))
+    for cells in (report_cells, folder_rows[0]):
+        assert (cells["precision"], cells["hd"]) == ("nan", "inf")
+    mean = folder_rows[-1]  # finite values only, as summary.csv: the inf HD is counted, not averaged
+    assert mean["case"] == "mean" and float(mean["hd"]) == 2.0 and float(mean["precision"]) == 0.25
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["1"]["hd"]
+    assert (summary["mean"], summary["n_inf"]) == (2.0, 1)
+    write_report(tmp_path / "report", [*rows, {"case": "a", "label": 2, "dice": 0.0, "hd": math.inf}], plots=False)
+    assert "| 2 | hd | nan | nan | nan | 0 | 0 | 1 |" in (tmp_path / "report" / "report.md").read_text()

@@ -218,4 +218,8 @@ class GatedSCNN(nn.Module):
         labels = squeeze_target(target, self.spatial_dims)
         loss = loss_fn(logits, target, **extras)
         loss = loss + boundary_weight * balanced_bce(boundary, label_edges(labels))
-        return loss + consistency_weight * dual_task_loss(logits, labels, tau=tau)
+        # float32, autocast or not: float16 rounds the Gumbel noise's clamp to 0 and 1 and the
+        # gradient magnitude's epsilon to 0, and the term (or its gradient) turns NaN
+        with torch.autocast(logits.device.type, enabled=False):
+            consistency = dual_task_loss(logits.float(), labels, tau=tau)
+        return loss + consistency_weight * consistency

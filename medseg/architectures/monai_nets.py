@@ -108,6 +108,8 @@ def dynunet(
     patch_size: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
     filters: Sequence[int] | None = None,
+    pool_kernels: Sequence[Sequence[int]] | None = None,
+    conv_kernels: Sequence[Sequence[int]] | None = None,
     **kwargs,
 ) -> PadCrop:
     """MONAI's DynUNet (nnU-Net's network) planned from the patch size, nnU-Net style.
@@ -116,6 +118,9 @@ def dynunet(
         patch_size: the training patch size; default 128 per axis in 3D, 256 in 2D.
         spacing: voxel spacing, for anisotropic kernels/strides; default isotropic.
         filters: channels per level; default nnU-Net's ``32 * 2**i`` capped at 320 (3D) / 512.
+        pool_kernels: per-axis strides of each level after the first, and ``conv_kernels``
+            per-axis kernels of every level (one more): a :class:`~medseg.planning.Plan`'s
+            topology, used instead of planning from ``patch_size`` (give both or neither).
         **kwargs: other ``monai.networks.nets.DynUNet`` arguments (not deep supervision: use
             :class:`~medseg.architectures.UNet` ``(deep_supervision=True)``).
     """
@@ -126,7 +131,16 @@ def dynunet(
         patch_size = (128,) * 3 if spatial_dims == 3 else (256,) * 2
     if len(patch_size) != spatial_dims:
         raise ValueError(f"patch_size {tuple(patch_size)} must have {spatial_dims} entries.")
-    kernels, strides = dynunet_plan(patch_size, spacing)
+    if (pool_kernels is None) != (conv_kernels is None):
+        raise ValueError("dynunet: give pool_kernels and conv_kernels together (a plan's), or neither.")
+    if pool_kernels is not None:
+        strides = [[1] * spatial_dims, *([int(k) for k in s] for s in pool_kernels)]
+        kernels = [[int(k) for k in s] for s in conv_kernels]
+        if len(kernels) != len(strides) or any(len(k) != spatial_dims for k in (*kernels, *strides)):
+            raise ValueError(f"dynunet: conv_kernels needs one entry more than pool_kernels, each of "
+                             f"{spatial_dims} sizes; got {conv_kernels!r} and {pool_kernels!r}.")
+    else:
+        kernels, strides = dynunet_plan(patch_size, spacing)
     cap = 320 if spatial_dims == 3 else 512
     if filters is None:
         filters = [min(32 * 2**i, cap) for i in range(len(strides))]

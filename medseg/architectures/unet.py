@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,23 +43,61 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [w / total for w in weights]
 
 
+Size = tuple[int, ...]
+
+
+def _per_axis(values: Sequence[int | Sequence[int]] | None, count: int, default: int, spatial_dims: int,
+              argument: str) -> tuple[Size, ...]:
+    """``count`` per-axis tuples from ints or tuples (``default`` everywhere when ``None``)."""
+    if values is None:
+        return ((default,) * spatial_dims,) * count
+    values = [(v,) * spatial_dims if isinstance(v, int) else tuple(v) for v in values]
+    if len(values) != count or any(len(v) != spatial_dims for v in values):
+        raise ValueError(f"{argument} needs {count} entries (one per stage, each an int or {spatial_dims} "
+                         f"ints), got {values!r}.")
+    for v in values:
+        check_positive_ints(v, argument=argument)
+    return tuple(values)
+
+
+def _uniform(size: Size) -> int | Size:
+    """An int where every axis agrees (the layers' plain default), else the per-axis tuple."""
+    return size[0] if len(set(size)) == 1 else size
+
+
+def _set_conv(unit: nn.Sequential, spatial_dims: int, kernel: Size, stride: Size) -> None:
+    """Swap the convolution of a conv-norm-act unit for one with per-axis kernel and stride."""
+    old = unit[0]
+    unit[0] = conv_type(spatial_dims)(old.in_channels, old.out_channels, kernel, stride=stride,
+                                      padding=tuple((k - 1) // 2 for k in kernel), bias=True)
+
+
 def _stage(
     spatial_dims: int,
     in_ch: int,
     out_ch: int,
     *,
-    stride: int,
+    stride: Size,
+    kernel: Size,
     residual: bool,
     norm: str,
     dropout: float,
 ) -> nn.Module:
-    """Two 3x3 conv units (or one residual block holding two), the first with ``stride``."""
+    """Two conv units (or one residual block holding two), the first with ``stride``."""
+    flat_stride, units = _uniform(stride), []
     if residual:
-        return ResidualBlock(spatial_dims, in_ch, out_ch, stride=stride, norm=norm, dropout=dropout)
-    return nn.Sequential(
-        ConvNormAct(spatial_dims, in_ch, out_ch, stride=stride, norm=norm, dropout=dropout),
-        ConvNormAct(spatial_dims, out_ch, out_ch, norm=norm, dropout=dropout),
-    )
+        block = ResidualBlock(spatial_dims, in_ch, out_ch, stride=flat_stride, norm=norm, dropout=dropout)
+        units = [(block.conv1, stride), (block.conv2, (1,) * spatial_dims)]
+    else:
+        block = nn.Sequential(
+            ConvNormAct(spatial_dims, in_ch, out_ch, stride=flat_stride, norm=norm, dropout=dropout),
+            ConvNormAct(spatial_dims, out_ch, out_ch, norm=norm, dropout=dropout),
+        )
+        units = [(block[0], stride), (block[1], (1,) * spatial_dims)]
+    if _uniform(kernel) != 3:  # the layers build 3x3 kernels; other ones are swapped in
+        for unit, unit_stride in units:
+            _set_conv(unit, spatial_dims, kernel, unit_stride)
+    return block
 
 
 class UNet(nn.Module):
@@ -77,13 +116,19 @@ class UNet(nn.Module):
         norm: ``"instance"`` (affine) or ``"batch"``.
         residual: use residual blocks (nnU-Net ResEnc-like) instead of plain conv pairs.
         deep_supervision: in training mode, also return the lower-resolution decoder logits.
-        downsample: ``"conv"`` (stride-2 conv) or ``"maxpool"``.
+        downsample: ``"conv"`` (strided conv) or ``"maxpool"``.
         dropout: channel dropout probability after each conv, in ``[0, 1)``.
+        strides: the downsampling of each stage after the first (``len(features) - 1``
+            entries), an int or one per axis, e.g. ``(1, 2, 2)`` keeps a thick-slice axis;
+            default 2 on every axis. A plan's ``pool_kernels``.
+        kernel_sizes: the convolution kernel of each stage (``len(features)`` entries), an
+            int or one per axis (odd), e.g. ``(1, 3, 3)``; default 3. A plan's ``conv_kernels``.
 
     Shapes:
         input ``(B, in_channels, *spatial)``; output ``(B, out_channels, *spatial)``. With deep
         supervision in training mode, a tuple of ``len(features) - 1`` tensors, the ``i``-th of
-        shape ``(B, out_channels, *ceil(spatial / 2**i))``: full resolution first, coarsest last.
+        shape ``(B, out_channels, *ceil(spatial / s_i))`` with ``s_i`` the product of the first
+        ``i`` strides per axis: full resolution first, coarsest last.
 
     Example:
         >>> net = UNet(2, 1, 3, features=(8, 16, 32))
@@ -103,6 +148,8 @@ class UNet(nn.Module):
         deep_supervision: bool = False,
         downsample: str = "conv",
         dropout: float = 0.0,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         hparams = {"name": "unet", **{k: v for k, v in locals().items() if k not in ("self", "__class__")}}
         super().__init__()
@@ -116,26 +163,35 @@ class UNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
         self.spatial_dims, self.deep_supervision = spatial_dims, bool(deep_supervision)
-        self.total_stride = 2 ** (len(features) - 1)
+        ones = (1,) * spatial_dims
+        self.strides = (ones, *_per_axis(strides, len(features) - 1, 2, spatial_dims, "strides"))
+        kernels = _per_axis(kernel_sizes, len(features), 3, spatial_dims, "kernel_sizes")
+        if any(k % 2 == 0 for kernel in kernels for k in kernel):
+            raise ValueError(f"kernel_sizes must be odd (the padding keeps the size), got {kernels!r}.")
+        # the cumulative stride of each stage per axis; the input is padded to the deepest
+        self.scales = [tuple(math.prod(s[a] for s in self.strides[: i + 1]) for a in range(spatial_dims))
+                       for i in range(len(features))]
+        self.total_stride = self.scales[-1]
         kw = dict(residual=residual, norm=norm, dropout=dropout)
 
         self.encoder = nn.ModuleList()
         for i, ch in enumerate(features):
             previous = in_channels if i == 0 else features[i - 1]
+            stride, kernel = self.strides[i], kernels[i]
             if i > 0 and downsample == "maxpool":
-                pool = max_pool_type(spatial_dims)(2)
+                pool = max_pool_type(spatial_dims)(_uniform(stride))
                 self.encoder.append(
-                    nn.Sequential(pool, _stage(spatial_dims, previous, ch, stride=1, **kw))
+                    nn.Sequential(pool, _stage(spatial_dims, previous, ch, stride=ones, kernel=kernel, **kw))
                 )
             else:
-                stride = 1 if i == 0 else 2
-                self.encoder.append(_stage(spatial_dims, previous, ch, stride=stride, **kw))
+                self.encoder.append(_stage(spatial_dims, previous, ch, stride=stride, kernel=kernel, **kw))
 
         up, conv = transposed_conv_type(spatial_dims), conv_type(spatial_dims)
         self.upsample, self.decoder, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(features) - 1)):  # deepest decoder stage first
-            self.upsample.append(up(features[i + 1], features[i], 2, stride=2))
-            self.decoder.append(_stage(spatial_dims, 2 * features[i], features[i], stride=1, **kw))
+            step = _uniform(self.strides[i + 1])
+            self.upsample.append(up(features[i + 1], features[i], step, stride=step))
+            self.decoder.append(_stage(spatial_dims, 2 * features[i], features[i], stride=ones, kernel=kernels[i], **kw))
             if self.deep_supervision or i == 0:  # lower heads only exist to be supervised
                 self.heads.append(conv(features[i], out_channels, 1))
 
@@ -161,7 +217,7 @@ class UNet(nn.Module):
         outputs.reverse()  # full resolution first
         cropped = []
         for i, out in enumerate(outputs):
-            cropped.append(crop_to(out, [-(-s // 2**i) for s in shape]))
+            cropped.append(crop_to(out, [-(-s // k) for s, k in zip(shape, self.scales[i], strict=True)]))
         return tuple(cropped)
 
     def training_loss(

@@ -5,7 +5,8 @@ validation cases on their original grid, scores them and writes a report. Everyt
 one folder, which :meth:`medseg.Pipeline.load` opens as an ensemble of the fold models::
 
     output_dir/
-        cv.json                   folds, seed and the (train, validation) case ids of each fold
+        cv.json                   folds, seed, the (train, validation) case ids of each fold, and the
+                                  settings of the run with their digest
         fold_<k>/checkpoint.pt    written after every epoch (resumed after a kill)
         fold_<k>/pipeline.json    the fold's pipeline, with its training history
         fold_<k>/model.pt         the fold's final weights
@@ -16,6 +17,17 @@ one folder, which :meth:`medseg.Pipeline.load` opens as an ensemble of the fold 
 Every file is written atomically, so a run killed at any moment and started again with the same
 call finishes the work: folds with a ``metrics.json`` are not touched, the fold that was running
 continues from its last checkpoint, and the report is rebuilt from all folds.
+
+A rerun into the same folder must use the same settings: ``cv.json`` keeps them (the pipeline's
+config without its history and split, plus the fit options, the folds, seed and the subjects the
+splits grouped) and their SHA-256 digest, and a call whose settings differ is refused with a
+message naming each difference. Settings that change nothing in the results (data loader workers,
+windows per forward pass) are left out. A ``cv.json`` written before settings were kept resumes
+with a warning, and records the settings of that call.
+
+Metrics follow :mod:`medseg.evaluation.metrics`: every fold scores every foreground class of the
+plan (or its regions), ignored voxels left out; non-finite values are written as
+:mod:`medseg.evaluation.tables` writes them.
 """
 
 from __future__ import annotations
@@ -34,10 +46,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, MedsegError
-from ..io import Dataset, atomic_path, output_suffix, read_image_file, write_label_file
-from .metrics import METRIC_NAMES, compute_metrics, metrics_to_rows, summarize
+from ..io import Dataset, read_image_file
+from .cv_settings import check_settings, run_settings, settings_digest
+from .metrics import METRIC_NAMES, metrics_to_rows, summarize
 from .report import OverlayCase, write_report
+from .scoring import score_prediction
 from .splits import kfold_splits
+from .tables import from_json, write_json
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -48,40 +63,13 @@ log = logging.getLogger(__name__)
 
 _CV_FORMAT = "medseg-cv/1"
 _FOLD_FORMAT = "medseg-cv-fold/1"
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 Split = tuple[list[str], list[str]]
 
 
 # --- JSON files ---------------------------------------------------------------------------------
 
 
-def _encode(value: Any) -> Any:
-    """Standard JSON for metric values: NaN and infinities become the strings "nan", "inf"."""
-    if isinstance(value, Mapping):
-        return {str(key): _encode(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
-def _decode(record: Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, Any]:
-    """Undo :func:`_encode` on the values of ``keys`` (all keys when ``None``)."""
-    return {
-        key: _NON_FINITE[value]
-        if isinstance(value, str) and value in _NON_FINITE and (keys is None or key in keys)
-        else value
-        for key, value in record.items()
-    }
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_encode(data), indent=2, allow_nan=False) + "\n")
-    return path
+_write_json = write_json
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -94,7 +82,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 # --- splits -------------------------------------------------------------------------------------
 
 
-def _splits(data: Dataset, path: Path, folds: int, seed: int, groups: bool) -> list[Split]:
+def _splits(data: Dataset, path: Path, folds: int, seed: int, groups: bool,
+            settings: dict[str, Any]) -> list[Split]:
     """The folds stored in ``path`` (checked against the call), or new ones written there."""
     case_ids = data.case_ids
     if path.is_file():
@@ -115,11 +104,14 @@ def _splits(data: Dataset, path: Path, folds: int, seed: int, groups: bool) -> l
                 f"{path} was made for other cases (now added: {added[:5]}, missing: {gone[:5]}); "
                 f"choose a new output_dir to cross-validate this dataset."
             )
+        if check_settings(stored, settings, path):  # an old cv.json: record this call's settings
+            _write_json(path, {**stored, "settings_digest": settings_digest(settings), "settings": settings})
         return splits
     group_ids = [data.group_of(case) for case in case_ids] if groups else None
     splits = kfold_splits(case_ids, folds, seed, groups=group_ids)
     record = {"format": _CV_FORMAT, "folds": folds, "seed": seed, "groups": groups,
-              "splits": [{"train": train, "val": val} for train, val in splits]}
+              "splits": [{"train": train, "val": val} for train, val in splits],
+              "settings_digest": settings_digest(settings), "settings": settings}
     _write_json(path, record)
     return splits
 
@@ -128,9 +120,10 @@ def _splits(data: Dataset, path: Path, folds: int, seed: int, groups: bool) -> l
 
 
 def _predict_fold(member: Pipeline, val: Sequence[str], folder: Path, fold: int) -> tuple[list, dict]:
-    """Predict, write and score the validation cases of one fold on their original grid."""
+    """Predict, write and score the validation cases of one fold on their original grid: the
+    Pipeline's one predict-and-write path, scored as :meth:`Pipeline.evaluate` scores (the
+    dataset's classes keyed by value, or its regions; ignored voxels left out)."""
     data = member.data
-    labels = range(1, member.plan.num_classes)
     predictions = folder / "predictions"
     if predictions.exists():  # left by an unfinished run: rewritten in full
         shutil.rmtree(predictions)
@@ -140,12 +133,11 @@ def _predict_fold(member: Pipeline, val: Sequence[str], folder: Path, fold: int)
         sample = data.load(case)
         if sample.label is None:
             raise DataError(f"case {case!r} has no label; cross-validation needs labelled cases.")
-        prediction = member.predict_sample(sample)
-        path = predictions / f"{case}{output_suffix(data.cases[case].images[0])}"
-        write_label_file(prediction, sample.geometry, path)
+        prediction = member.predict_case(sample)
+        path = member.write_prediction(prediction, sample.geometry, predictions, case=case)
         files[case] = path.relative_to(folder).as_posix()
-        metrics = compute_metrics(prediction, sample.label, spacing=sample.geometry.spacing,
-                                  labels=labels)
+        metrics = score_prediction(prediction, sample.label, member.plan.label_spec,
+                                   spacing=sample.geometry.spacing, metrics=True)
         rows += metrics_to_rows(metrics, case=case, fold=fold)
     return rows, files
 
@@ -174,8 +166,8 @@ def _read_fold(marker: Path, fold: int, split: Split) -> dict[str, Any]:
             f"{marker} does not belong to fold {fold} of this cross-validation (validation cases "
             f"differ from cv.json); delete {marker.parent} to redo that fold."
         )
-    result["rows"] = [_decode(row, METRIC_NAMES) for row in result["rows"]]
-    result["history"] = [_decode(entry) for entry in result["history"]]
+    result["rows"] = [from_json(row, METRIC_NAMES) for row in result["rows"]]
+    result["history"] = [from_json(entry) for entry in result["history"]]
     return result
 
 
@@ -278,7 +270,8 @@ def cross_validate(
 
     Raises:
         ValueError: on bad arguments, or when ``output_dir`` holds a cross-validation made with
-            other ``folds``, ``seed`` or ``groups``.
+            other settings (``folds``, ``seed``, ``groups``, fit options, or the pipeline's plan,
+            parts and training settings); the message names what differs.
         DataError: when ``output_dir`` was made for other cases, or a case has no label.
 
     Example:
@@ -292,9 +285,10 @@ def cross_validate(
         raise ValueError(f"overlays must be 0, 1, 2 or 3 (cases drawn), got {overlays!r}.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    splits = _splits(data, output_dir / "cv.json", folds, seed, groups)
-    fit_options = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
-                   "time_limit": time_limit, "resume": resume}
+    fit = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "time_limit": time_limit}
+    settings = run_settings(pipe, folds=folds, seed=seed, groups=groups, fit=fit)
+    splits = _splits(data, output_dir / "cv.json", folds, seed, groups, settings)
+    fit_options = {**fit, "resume": resume}
     results = []
     for fold, split in enumerate(splits):
         folder = output_dir / f"fold_{fold}"
@@ -314,6 +308,6 @@ def cross_validate(
         overlays=_overlays(data, results, output_dir, overlays if plots else 0),
         title=f"{len(splits)}-fold cross-validation",
         plots=plots,
-        label_names=pipe.plan.class_names,
+        label_names=pipe.plan.label_spec.scored,  # rows are keyed by dataset value
     )
     return _summary(results, output_dir, written[-1])

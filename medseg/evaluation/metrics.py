@@ -14,7 +14,14 @@ The surface metrics follow MONAI's conventions (``monai.metrics``) so that numbe
 - ``nsd`` (normalised surface Dice) is the fraction of edge voxels of both masks lying within
   ``nsd_tolerance`` of the other surface.
 
-Nothing here imports torch, so metrics can be computed in light worker processes.
+A *target* is a label value (``1``) or a region, a tuple of label values (``(1, 2, 3)``) scored as
+one mask ``np.isin(map, region)`` in both arrays (BraTS' whole tumour). ``ignore`` names the
+reference value of voxels left out of every metric: there both masks are empty and the voxel is
+neither a true nor a false negative (nnU-Net's ignore label); for surface metrics an ignored voxel
+lies outside both masks.
+
+Nothing here imports torch (nor the rest of medseg), so metrics can be computed in light worker
+processes.
 """
 
 from __future__ import annotations
@@ -26,7 +33,18 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import KDTree
 
-__all__ = ["METRIC_NAMES", "compute_metrics", "dice_per_label", "metrics_to_rows", "summarize"]
+__all__ = [
+    "COUNT_NAMES",
+    "METRIC_NAMES",
+    "compute_metrics",
+    "confusion_counts",
+    "dice_per_label",
+    "metrics_to_rows",
+    "summarize",
+]
+
+Target = int | tuple[int, ...]
+"""A label value, or a region: the tuple of label values scored as one mask."""
 
 METRIC_NAMES: tuple[str, ...] = (
     "dice",
@@ -41,6 +59,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "nsd",
 )
 """The keys of the per-label dictionaries :func:`compute_metrics` returns, in report order."""
+
+COUNT_NAMES: tuple[str, ...] = ("TP", "FP", "FN", "TN", "n_pred", "n_ref")
+"""The keys of :func:`confusion_counts` (nnU-Net's ``summary.json`` names)."""
 
 _SUMMARY_KEYS = ("mean", "std", "median", "n", "n_nan", "n_inf")
 
@@ -88,13 +109,40 @@ def _check_spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.nda
     return values
 
 
+def _as_target(label: object) -> Target:
+    if isinstance(label, tuple | list | np.ndarray):
+        return tuple(int(value) for value in label)
+    return int(label)  # type: ignore[call-overload]
+
+
 def _resolve_labels(
-    prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int] | None
-) -> list[int]:
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    labels: Iterable[Target] | None,
+    ignore: int | None = None,
+) -> list[Target]:
     if labels is None:
         present = np.union1d(np.unique(prediction), np.unique(reference))
-        return [int(label) for label in present if label != 0]
-    return [int(label) for label in labels]
+        return [int(label) for label in present if label != 0 and label != ignore]
+    targets = [_as_target(label) for label in labels]
+    if ignore is not None:
+        clash = [t for t in targets if ignore in (t if isinstance(t, tuple) else (t,))]
+        if clash:
+            raise ValueError(
+                f"labels {clash} hold the ignore value {ignore}; ignored voxels are never scored, "
+                f"drop {ignore} from labels or pass another ignore value."
+            )
+    return targets
+
+
+def _mask(array: np.ndarray, target: Target) -> np.ndarray:
+    """Where ``array`` holds the label ``target`` (or, for a region, any of its values)."""
+    return np.isin(array, target) if isinstance(target, tuple) else array == target
+
+
+def _kept(reference: np.ndarray, ignore: int | None) -> np.ndarray | None:
+    """Voxels that are scored (``None``: all of them)."""
+    return None if ignore is None else reference != ignore
 
 
 def _divide(numerator: float, denominator: float) -> float:
@@ -123,7 +171,7 @@ def _overlap_metrics(
 
 
 def _label_boxes(
-    prediction: np.ndarray, reference: np.ndarray, labels: list[int]
+    prediction: np.ndarray, reference: np.ndarray, labels: list[Target]
 ) -> list[tuple[slice, ...]]:
     """Bounding box of each label in either array (an empty box where absent from both).
 
@@ -131,7 +179,8 @@ def _label_boxes(
     per label.
     """
     empty = tuple(slice(0, 0) for _ in prediction.shape)
-    if labels and min(labels) >= 1 and max(labels) <= 65535:
+    plain = all(isinstance(label, int) for label in labels)
+    if labels and plain and min(labels) >= 1 and max(labels) <= 65535:  # type: ignore[type-var]
         found = [
             ndimage.find_objects(
                 array.view(np.uint8) if array.dtype == bool else array, max_label=max(labels)
@@ -140,7 +189,8 @@ def _label_boxes(
         ]
         boxes = []
         for label in labels:
-            pair = [box for box in (found[0][label - 1], found[1][label - 1]) if box is not None]
+            index = int(label) - 1  # type: ignore[arg-type]
+            pair = [box for box in (found[0][index], found[1][index]) if box is not None]
             if not pair:
                 boxes.append(empty)
                 continue
@@ -150,7 +200,7 @@ def _label_boxes(
         return boxes
     boxes = []
     for label in labels:
-        where = np.nonzero((prediction == label) | (reference == label))
+        where = np.nonzero(_mask(prediction, label) | _mask(reference, label))
         boxes.append(
             tuple(slice(int(i.min()), int(i.max()) + 1) for i in where) if where[0].size else empty
         )
@@ -203,9 +253,11 @@ def compute_metrics(
     prediction: np.ndarray,
     reference: np.ndarray,
     spacing: float | Sequence[float] | None = None,
-    labels: Iterable[int] | None = None,
+    labels: Iterable[Target] | None = None,
     nsd_tolerance: float = 1.0,
-) -> dict[int, dict[str, float]]:
+    *,
+    ignore: int | None = None,
+) -> dict[Target, dict[str, float]]:
     """Overlap, volume and surface metrics of a predicted label map against a reference.
 
     Metrics per label (keys of :data:`METRIC_NAMES`): ``dice``, ``iou``, ``precision``,
@@ -214,8 +266,9 @@ def compute_metrics(
     over-segmentation); ``hd``, ``hd95``, ``assd`` in the units of ``spacing``; ``nsd`` in [0, 1].
     Surface metrics follow MONAI (see the module docstring).
 
-    Empty masks never raise. For a label absent from both arrays (only when ``labels`` names
-    it) the agreement is perfect: dice, iou, precision, recall and nsd are 1.0, hd, hd95, assd
+    Empty masks never raise. A label painted where the reference lacks it scores dice 0 (it is
+    scored whenever ``labels`` names it). For a label absent from both arrays (only when
+    ``labels`` names it) the agreement is perfect: dice, iou, precision, recall and nsd are 1.0, hd, hd95, assd
     and volume_difference 0.0 (MONAI's ``DiceMetric(ignore_empty=False)`` convention; MONAI's
     distance metrics give NaN there). For a label present in only one array: dice, iou and nsd
     are 0.0 and hd, hd95, assd are ``inf`` (as MONAI, whose hd95 turns the infinities into NaN
@@ -228,12 +281,14 @@ def compute_metrics(
             order. Float arrays with whole values are accepted.
         reference: reference label map of the same shape.
         spacing: voxel size per axis (or one number for all axes); ``None`` means 1.0.
-        labels: labels to score; ``None`` scores every non-zero label present in either array.
+        labels: targets to score: label values, or tuples of values scored as one region;
+            ``None`` scores every non-zero label present in either array.
         nsd_tolerance: distance (in the units of ``spacing``) within which a surface voxel counts
             as correct for ``nsd``; MONAI's ``class_thresholds=[nsd_tolerance]``.
+        ignore: reference value of voxels left out of every metric (see the module docstring).
 
     Returns:
-        ``{label: {metric: value}}`` with Python floats.
+        ``{target: {metric: value}}`` with Python floats, keyed as ``labels`` names them.
 
     Raises:
         ValueError: on shape mismatch, non-2D/3D input, bad spacing or tolerance.
@@ -249,19 +304,23 @@ def compute_metrics(
     if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
         raise ValueError(f"nsd_tolerance must be a finite number >= 0, got {nsd_tolerance!r}.")
     voxel_volume = float(np.prod(spacing_array))
-    results: dict[int, dict[str, float]] = {}
-    labels = _resolve_labels(prediction, reference, labels)
-    for label, box in zip(labels, _label_boxes(prediction, reference, labels), strict=True):
-        pred, ref = prediction[box] == label, reference[box] == label
-        values = _overlap_metrics(pred, ref, prediction.size, voxel_volume)
+    results: dict[Target, dict[str, float]] = {}
+    targets = _resolve_labels(prediction, reference, labels, ignore)
+    kept = _kept(reference, ignore)
+    size = prediction.size if kept is None else int(np.count_nonzero(kept))
+    for label, box in zip(targets, _label_boxes(prediction, reference, targets), strict=True):
+        pred, ref = _mask(prediction[box], label), _mask(reference[box], label)
+        if kept is not None:
+            pred &= kept[box]
+        values = _overlap_metrics(pred, ref, size, voxel_volume)
         values.update(_distance_metrics(pred, ref, spacing_array, float(nsd_tolerance)))
         results[label] = {name: float(values[name]) for name in METRIC_NAMES}
     return results
 
 
 def dice_per_label(
-    prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]
-) -> dict[int, float]:
+    prediction: np.ndarray, reference: np.ndarray, labels: Iterable[Target], *, ignore: int | None = None
+) -> dict[Target, float]:
     """Dice per label in one pass over the arrays (no surface metrics); a fast path for training.
 
     A label absent from both arrays scores 1.0, one absent from only one array 0.0, as in
@@ -270,7 +329,8 @@ def dice_per_label(
     Args:
         prediction: predicted integer label map, any shape.
         reference: reference label map of the same shape.
-        labels: the labels to score.
+        labels: the targets to score (label values, or tuples of values scored as one region).
+        ignore: reference value of voxels left out.
 
     Returns:
         ``{label: dice}``.
@@ -286,7 +346,14 @@ def dice_per_label(
             f"prediction and reference must have the same number of voxels, got "
             f"{prediction.size} and {reference.size}."
         )
-    labels = [int(label) for label in labels]
+    targets = _resolve_labels(prediction, reference, labels, ignore)
+    if ignore is not None:
+        kept = reference != ignore
+        prediction, reference = prediction[kept], reference[kept]
+    if any(isinstance(target, tuple) for target in targets):
+        counts = confusion_counts(prediction, reference, targets)
+        return {t: _dice(c["TP"], c["n_pred"] + c["n_ref"]) for t, c in counts.items()}
+    labels = [int(label) for label in targets]  # type: ignore[arg-type]
     if not labels:
         return {}
     low, high = min(labels), max(labels)
@@ -302,12 +369,48 @@ def dice_per_label(
         n_pred = np.bincount(pred_bins, minlength=size)
         n_ref = np.bincount(ref_bins, minlength=size)
         n_both = np.bincount(pred_bins[pred_bins == ref_bins], minlength=size)
-    result = {}
+    result: dict[Target, float] = {}
     for label in labels:
         k = label - low
-        total = n_pred[k] + n_ref[k]
-        result[label] = 1.0 if total == 0 else float(2.0 * n_both[k] / total)
+        result[label] = _dice(n_both[k], n_pred[k] + n_ref[k])
     return result
+
+
+def _dice(tp: int, total: int) -> float:
+    """``2 tp / (n_pred + n_ref)``; 1.0 when both masks are empty."""
+    return 1.0 if total == 0 else float(2.0 * tp / total)
+
+
+def confusion_counts(
+    prediction: np.ndarray, reference: np.ndarray, labels: Iterable[Target], *, ignore: int | None = None
+) -> dict[Target, dict[str, int]]:
+    """Voxel counts per target: ``TP``, ``FP``, ``FN``, ``TN``, ``n_pred``, ``n_ref``.
+
+    Ignored voxels (reference value ``ignore``) are in none of the counts, as nnU-Net counts.
+
+    Example:
+        >>> confusion_counts(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, (1, 2)])[1]
+        {'TP': 1, 'FP': 1, 'FN': 0, 'TN': 2, 'n_pred': 2, 'n_ref': 1}
+    """
+    prediction = _as_label_map(prediction, "prediction").ravel()
+    reference = _as_label_map(reference, "reference").ravel()
+    if prediction.shape != reference.shape:
+        raise ValueError(
+            f"prediction and reference must have the same number of voxels, got "
+            f"{prediction.size} and {reference.size}."
+        )
+    targets = _resolve_labels(prediction, reference, labels, ignore)
+    if ignore is not None:
+        kept = reference != ignore
+        prediction, reference = prediction[kept], reference[kept]
+    counts = {}
+    for target in targets:
+        pred, ref = _mask(prediction, target), _mask(reference, target)
+        tp, n_pred, n_ref = (int(np.count_nonzero(m)) for m in (pred & ref, pred, ref))
+        fp, fn = n_pred - tp, n_ref - tp
+        counts[target] = dict(zip(COUNT_NAMES, (tp, fp, fn, prediction.size - tp - fp - fn, n_pred, n_ref),
+                                  strict=True))
+    return counts
 
 
 def metrics_to_rows(

@@ -14,10 +14,6 @@ user's pyplot backend is left alone.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import os
 import re
 import warnings
@@ -36,6 +32,8 @@ from medseg.evaluation.plots import (
     plot_overlay,
     require_matplotlib,
 )
+from medseg.evaluation.tables import write_csv as _write_csv
+from medseg.evaluation.tables import write_json as _write_json
 from medseg.io.files import atomic_path
 
 __all__ = ["OverlayCase", "write_report"]
@@ -66,42 +64,6 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def _write_text(path: Path, text: str) -> Path:
     return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def _json_value(value: Any) -> Any:
-    """JSON-safe value: NaN -> null, +-inf -> "inf"/"-inf", NumPy scalars -> Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    return _write_text(path, json.dumps(_json_value(data), indent=2, allow_nan=False) + "\n")
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float | np.floating):
-        return repr(float(value))  # full precision; 'nan', 'inf'
-    return str(value.item() if isinstance(value, np.generic) else value)
-
-
-def _write_csv(path: Path, columns: Sequence[str], records: Sequence[Row]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([_csv_cell(record.get(column)) for column in columns] for record in records)
-    return _write_text(path, buffer.getvalue())
 
 
 def _file_stem(case: str) -> str:
@@ -182,7 +144,7 @@ def _select_overlays(rows: Sequence[Row], cases: Sequence[str]) -> list[tuple[st
 
 
 def _fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return f"{value:.4g}"  # 'nan', 'inf' as in the CSV and JSON tables
 
 
 def _markdown(title: str, rows: Sequence[Row], summary, figures: dict[str, list[tuple[str, str]]],
@@ -252,8 +214,8 @@ def write_report(
     Returns:
         The paths written, ``report.md`` last.
 
-    Files: ``metrics.csv``/``metrics.json`` hold the rows (JSON writes NaN as ``null`` and
-    infinities as ``"inf"``); ``summary.csv``/``summary.json`` the mean, std (ddof=0), median,
+    Files: ``metrics.csv``/``metrics.json`` hold the rows (NaN and infinities written as
+    ``nan``/``inf`` in CSV and ``"nan"``/``"inf"`` in JSON, see :mod:`medseg.evaluation.tables`); ``summary.csv``/``summary.json`` the mean, std (ddof=0), median,
     ``n``, ``n_nan`` and ``n_inf`` per label and metric of
     :func:`~medseg.evaluation.metrics.summarize`.
 

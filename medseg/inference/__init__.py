@@ -1,6 +1,6 @@
 """Sliding-window inference, test-time augmentation, ensembles and postprocessing."""
 
-from .postprocess import keep_largest_component
+from .postprocess import keep_largest_component, keep_largest_region_component, to_label_values
 from .predictor import InferenceConfig, predict_probabilities
 from .sliding_window import importance_map, sliding_window_inference, window_starts
 
@@ -8,7 +8,9 @@ __all__ = [
     "InferenceConfig",
     "importance_map",
     "keep_largest_component",
+    "keep_largest_region_component",
     "predict_probabilities",
     "sliding_window_inference",
+    "to_label_values",
     "window_starts",
 ]

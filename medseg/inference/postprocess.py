@@ -1,4 +1,4 @@
-"""Postprocessing of label maps."""
+"""Postprocessing: network probabilities to the dataset's label values, and cleaning label maps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["keep_largest_component"]
+from ..io.labels import LabelSpec
+from ..io.sample import Sample
+from ..preprocessing.base import invert_labels
+
+__all__ = ["keep_largest_component", "keep_largest_region_component", "to_label_values"]
 
 
 def keep_largest_component(labels: np.ndarray, classes: Iterable[int] | None = None) -> np.ndarray:
@@ -32,3 +36,55 @@ def keep_largest_component(labels: np.ndarray, classes: Iterable[int] | None = N
             sizes[0] = 0
             out[(components != int(sizes.argmax())) & (labels == cls)] = 0
     return out
+
+
+def keep_largest_region_component(masks: np.ndarray) -> np.ndarray:
+    """Keep, in each region mask of ``(R, *spatial)`` booleans, only its largest component."""
+    out = np.array(masks, dtype=bool)
+    structure = np.ones((3,) * (out.ndim - 1), dtype=bool)
+    for region in out:
+        components, count = ndimage.label(region, structure=structure)
+        if count > 1:
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            region &= components == int(sizes.argmax())
+    return out
+
+
+def to_label_values(
+    probabilities: np.ndarray,
+    spec: LabelSpec,
+    *,
+    prepared: Sample | None = None,
+    largest_component: bool = False,
+) -> np.ndarray:
+    """The dataset's label map from network probabilities; never holds the ignore value.
+
+    Classes: the argmax over the class channels (the ignore label is no channel), written back
+    with :meth:`LabelSpec.decode`. Regions: each sigmoid channel above 0.5, written with
+    :meth:`LabelSpec.regions_to_values` (later regions overwrite earlier ones, nnU-Net's rule).
+
+    Args:
+        probabilities: ``(out_channels, *spatial)`` on the preprocessed grid of ``prepared``.
+        spec: what the channels mean.
+        prepared: the preprocessed sample whose history to undo (one channel at a time); ``None``
+            keeps the grid of ``probabilities``.
+        largest_component: keep each class's (region's) largest connected component.
+
+    Returns:
+        ``(*spatial)`` dataset values, on the original grid when ``prepared`` is given.
+
+    Example:
+        >>> spec = LabelSpec((0, 1, 4))
+        >>> to_label_values(np.array([[0.9, 0.1], [0.05, 0.2], [0.05, 0.7]]), spec).tolist()
+        [0, 4]
+    """
+    if spec.is_regions:
+        masks = probabilities > 0.5 if prepared is None else invert_labels(probabilities, prepared, reduce="threshold")
+        if largest_component:
+            masks = keep_largest_region_component(masks)
+        return spec.regions_to_values(masks)
+    indices = probabilities.argmax(0) if prepared is None else invert_labels(probabilities, prepared)
+    if largest_component:
+        indices = keep_largest_component(indices)
+    return spec.decode(indices)

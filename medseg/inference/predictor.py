@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import look_up_option
 from .sliding_window import sliding_window_inference
 
 __all__ = ["InferenceConfig", "predict_probabilities"]
@@ -25,8 +26,9 @@ class InferenceConfig:
         mode: ``"gaussian"`` or ``"constant"`` blending.
         sw_batch_size: windows per forward pass.
         mirror: test-time augmentation by mirroring along every spatial axis (2**dims passes).
-        largest_component: keep only the largest connected component of each class; ``None``
-            lets :meth:`Pipeline.fit` decide on the validation cases.
+        largest_component: keep only the largest connected component of each class (of each
+            region, for region labels); ``None`` lets :meth:`Pipeline.fit` decide on the
+            validation cases.
     """
 
     overlap: float = 0.5
@@ -39,8 +41,13 @@ class InferenceConfig:
         return asdict(self)
 
 
-def _forward(network: nn.Module, mirror_axes: Sequence[int]):
-    """``x -> mean softmax over the mirror images of x`` (just ``softmax(net(x))`` without axes)."""
+ACTIVATIONS = {"softmax": lambda out: torch.softmax(out, dim=1), "sigmoid": torch.sigmoid}
+"""Output activations: softmax over class channels, or a sigmoid per region channel."""
+
+
+def _forward(network: nn.Module, mirror_axes: Sequence[int], activation: str = "softmax"):
+    """``x -> mean activation over the mirror images of x`` (just ``softmax(net(x))`` without axes)."""
+    activate = ACTIVATIONS[activation]
 
     def run(x: torch.Tensor) -> torch.Tensor:
         combos = [()] + [c for r in range(1, len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
@@ -49,7 +56,7 @@ def _forward(network: nn.Module, mirror_axes: Sequence[int]):
             flipped = torch.flip(x, axes) if axes else x
             out = network(flipped)
             out = out[0] if isinstance(out, (tuple, list)) else out
-            probabilities = torch.softmax(out.float(), dim=1)
+            probabilities = activate(out.float())
             probabilities = torch.flip(probabilities, axes) if axes else probabilities
             total = probabilities if total is None else total + probabilities
         assert total is not None
@@ -67,20 +74,25 @@ def predict_probabilities(
     config: InferenceConfig = InferenceConfig(),
     slice_axis: int | None = None,
     device: torch.device | str = "cpu",
+    activation: str = "softmax",
 ) -> np.ndarray:
-    """Class probabilities for one preprocessed case.
+    """Class (or region) probabilities for one preprocessed case.
 
     Args:
-        networks: a network, or several (a fold ensemble: their softmax outputs are averaged).
+        networks: a network, or several (a fold ensemble: their activated outputs are averaged).
         image: ``(C, *spatial)`` on the preprocessed grid.
         roi_size: the window (the network's spatial dims).
         config: overlap, blending, mirroring.
         slice_axis: for a 2D network on 3D data, the axis slices are taken across.
         device: where the networks run; the blended output stays on the CPU.
+        activation: ``"softmax"`` over the class channels, or ``"sigmoid"`` on each channel (one
+            per region); mirrored passes and ensemble members average the activated outputs.
 
     Returns:
-        ``(K, *spatial)`` float32 probabilities.
+        ``(K, *spatial)`` float32 probabilities (class probabilities sum to 1 per voxel; region
+        probabilities each lie in [0, 1]).
     """
+    activation = look_up_option(activation, tuple(ACTIVATIONS), argument="activation")
     networks = [networks] if isinstance(networks, nn.Module) else list(networks)
     device = torch.device(device)
     array = np.ascontiguousarray(image, dtype=np.float32)
@@ -96,7 +108,7 @@ def predict_probabilities(
         network.eval()
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             out = sliding_window_inference(
-                x, tuple(roi_size), config.sw_batch_size, _forward(network, mirror_axes),
+                x, tuple(roi_size), config.sw_batch_size, _forward(network, mirror_axes, activation),
                 overlap=config.overlap, mode=config.mode, sw_device=device, device="cpu",
             )
         total = out.float() if total is None else total.add_(out)  # in place: one buffer for the ensemble

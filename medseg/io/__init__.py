@@ -1,5 +1,6 @@
 """Reading and writing cases with their exact geometry."""
 
+from .dataset_json import read_dataset_json, write_dataset_json
 from .datasets import (
     CaseFiles,
     Dataset,
@@ -9,7 +10,7 @@ from .datasets import (
     load_image,
     open_dataset,
 )
-from .files import atomic_path, case_id_of, full_suffix
+from .files import atomic_path, case_id_of, check_case_id, full_suffix
 from .labels import IGNORE_INDEX, LabelSpec
 from .readers import (
     READERS,
@@ -42,12 +43,15 @@ __all__ = [
     "SimpleITKIO",
     "atomic_path",
     "case_id_of",
+    "check_case_id",
     "find_images",
     "full_suffix",
     "io_for",
     "load_image",
     "open_dataset",
     "output_suffix",
+    "read_dataset_json",
     "read_image_file",
+    "write_dataset_json",
     "write_label_file",
 ]

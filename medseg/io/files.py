@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "case_id_of", "full_suffix"]
+from ..errors import DataError
+
+__all__ = ["atomic_path", "case_id_of", "check_case_id", "full_suffix"]
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
 
@@ -43,3 +45,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_case_id(case_id: str, source: object = "dataset") -> str:
+    """Return ``case_id`` if it is safe as a file name, else raise :class:`DataError`.
+
+    Case ids name cache and prediction files, so an id may not be empty, hold a path separator,
+    ``..``, a control character (NUL...) or start with a dot.
+
+    Raises:
+        DataError: naming ``source`` and the id.
+    """
+    if not isinstance(case_id, str):
+        raise DataError(f"{source}: a case id must be a string, got {case_id!r} ({type(case_id).__name__}).")
+    problem = (
+        "is empty" if not case_id
+        else "holds a path separator" if "/" in case_id or "\\" in case_id or os.sep in case_id
+        else "holds '..'" if ".." in case_id
+        else "starts with a dot" if case_id.startswith(".")
+        else "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in case_id)
+        else None
+    )
+    if problem:
+        raise DataError(f"{source}: case id {case_id!r} {problem}; case ids name files, so rename the case.")
+    return case_id

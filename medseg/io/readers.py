@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import os
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -116,8 +117,14 @@ class SimpleITKIO(ImageIO):
                 f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); "
                 "put each series in its own folder."
             )
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+        left_out = sorted({p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in ("", ".dcm")} - {Path(n).name for n in names})
+        if left_out:  # GDCM skips a damaged slice silently: the volume would miss it
+            raise DataError(f"{folder}: {len(left_out)} file(s) are not readable slices of the series "
+                            f"{series[0]}, e.g. {', '.join(left_out[:3])}; damaged, or remove them.")
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+        reader.SetFileNames(names)
         return reader.Execute()
 
     def write(self, array: np.ndarray, geometry: Geometry, path: Path) -> None:
@@ -125,19 +132,48 @@ class SimpleITKIO(ImageIO):
 
 
 class Image2DIO(ImageIO):
-    """2D images (PNG, JPEG, TIFF, BMP); colour images get one channel per component."""
+    """2D images (PNG, JPEG, TIFF, BMP); colour images get one channel per component.
+
+    An RGB image is 3 channels ``(3, x, y)``, a grey one 1 (a grey image saved as RGB is 3 equal
+    channels; a label map saved so is read as one). The alpha channel of a PNG or BMP (RGBA, grey
+    + alpha) is display transparency, not a measurement: it is dropped, with a warning when it is
+    not fully opaque, so RGBA reads as 3 channels and grey + alpha as 1. TIFF keeps every
+    component (microscopes store data channels there).
+    """
 
     suffixes = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
     def read(self, path: Path) -> tuple[np.ndarray, Geometry]:
-        image = sitk.ReadImage(str(path))
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:  # SimpleITK reads no grey + alpha PNG: Pillow does
+            if full_suffix(path) not in (".png", ".bmp"):
+                raise
+            return self._read_pillow(path)
         if image.GetDimension() != 2:
             raise DataError(f"{path}: expected a 2D image, got {image.GetDimension()} dimensions.")
-        data = _itk_to_array(image)
+        data = self._drop_alpha(_itk_to_array(image), path)
         geometry = Geometry.from_itk(
             image.GetOrigin(), image.GetSpacing(), image.GetDirection(), data.shape[1:]
         )
         return data, geometry
+
+    def _read_pillow(self, path: Path) -> tuple[np.ndarray, Geometry]:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            data = np.asarray(image)
+        data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+        data = self._drop_alpha(np.ascontiguousarray(np.swapaxes(data, 1, 2)), path)
+        return data, Geometry.from_itk((0.0, 0.0), (1.0, 1.0), (1.0, 0.0, 0.0, 1.0), data.shape[1:])  # as SimpleITK
+
+    @staticmethod
+    def _drop_alpha(data: np.ndarray, path: Path) -> np.ndarray:
+        if full_suffix(path) in (".png", ".bmp") and data.shape[0] in (2, 4):
+            if data[-1].min() != data[-1].max():
+                warnings.warn(f"{path}: transparency (alpha channel) dropped.", stacklevel=5)
+            data = data[:-1]
+        return data
 
     def write(self, array: np.ndarray, geometry: Geometry, path: Path) -> None:
         if array.max(initial=0) > 255:
@@ -200,12 +236,13 @@ def io_for(path: str | os.PathLike) -> ImageIO:
 
 
 def output_suffix(path: str | os.PathLike) -> str:
-    """The suffix a label map written for the input ``path`` gets (NIfTI for DICOM, PNG for 2D)."""
+    """The suffix a label map written for the input ``path`` gets: the input's own (nnU-Net's
+    ``CASE<file_ending>``), except NIfTI for DICOM, PNG for lossy JPEG and MHA for the two-file MHD."""
     path = Path(path)
     if path.is_dir() or full_suffix(path) == ".dcm":
         return ".nii.gz"
     suffix = full_suffix(path)
-    if suffix in Image2DIO.suffixes:
+    if suffix in (".jpg", ".jpeg"):
         return ".png"
     if suffix == ".mhd":
         return ".mha"

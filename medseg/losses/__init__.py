@@ -10,12 +10,24 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
 
 from medseg.errors import look_up_option
 from medseg.losses.base import Loss
 from medseg.losses.boundary import BoundaryLoss
-from medseg.losses.compound import CompoundLoss, LinearSchedule, kervadec_schedule
+from medseg.losses.compound import (
+    CompoundLoss,
+    LinearSchedule,
+    kervadec_schedule,
+    weight_config,
+    weight_from_config,
+)
 from medseg.losses.cross_entropy import (
     CrossEntropyLoss,
     DistancePenalizedCELoss,
@@ -25,6 +37,7 @@ from medseg.losses.cross_entropy import (
 from medseg.losses.dice import DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
 from medseg.losses.hausdorff import HausdorffDTLoss
 from medseg.losses.lovasz import LovaszSoftmaxLoss
+from medseg.losses.regions import RegionBCELoss, RegionDiceLoss, loss_activation
 from medseg.losses.sensitivity_specificity import SensitivitySpecificityLoss
 
 __all__ = [
@@ -41,11 +54,17 @@ __all__ = [
     "LinearSchedule",
     "Loss",
     "LovaszSoftmaxLoss",
+    "RegionBCELoss",
+    "RegionDiceLoss",
     "SensitivitySpecificityLoss",
     "TopKLoss",
     "TverskyLoss",
     "create_loss",
+    "create_region_loss",
     "kervadec_schedule",
+    "loss_activation",
+    "loss_config",
+    "loss_from_config",
 ]
 
 LOSSES: dict[str, type[Loss]] = {
@@ -58,11 +77,42 @@ LOSSES: dict[str, type[Loss]] = {
     "hausdorff": HausdorffDTLoss,
     "jaccard": JaccardLoss,
     "lovasz": LovaszSoftmaxLoss,
+    "region_bce": RegionBCELoss,
+    "region_dice": RegionDiceLoss,
     "sensitivity_specificity": SensitivitySpecificityLoss,
     "topk": TopKLoss,
     "tversky": TverskyLoss,
 }
-"""Loss names for :func:`create_loss`; join names with ``+`` for a compound loss."""
+"""Loss names for :func:`create_loss`; join names with ``+`` for a compound loss. The
+``region_*`` losses train sigmoid outputs, one per region (see :func:`create_region_loss`)."""
+
+
+def create_region_loss(name: str, regions: Sequence[Sequence[int]]) -> Loss:
+    """A region (sigmoid) loss by name, every part trained on ``regions``.
+
+    Args:
+        name: region loss names joined by ``+``, e.g. ``"region_dice+region_bce"`` (nnU-Net's
+            ``DC_and_BCE_loss``).
+        regions: the class indices of each region, one per network output channel.
+
+    Raises:
+        ValueError: a part is a softmax (class) loss, or an unknown name.
+
+    Example:
+        >>> create_region_loss("region_dice+region_bce", [(1, 2), (2,)]).losses[0].regions
+        ((1, 2), (2,))
+    """
+    parts = [look_up_option(part.strip(), LOSSES, argument="loss name") for part in name.split("+")]
+    softmax = [part for part in parts if loss_activation(LOSSES[part]) != "sigmoid"]
+    if softmax:
+        raise ValueError(
+            f"loss {name!r}: {softmax} train softmax class outputs, but these labels define regions "
+            f"(one sigmoid output each); use region losses ({', '.join(k for k in LOSSES if k.startswith('region_'))}), "
+            f"e.g. 'region_dice+region_bce'."
+        )
+    if len(parts) == 1:
+        return create_loss(parts[0], regions=regions)
+    return create_loss("+".join(parts), **{part: {"regions": regions} for part in parts})
 
 
 def create_loss(name: str, **kwargs: Any) -> Loss:
@@ -109,3 +159,61 @@ def create_loss(name: str, **kwargs: Any) -> Loss:
         region, boundary = kervadec_schedule()
         weights = [boundary if part == "boundary" else region for part in parts]
     return CompoundLoss(losses, weights)
+
+
+def loss_config(loss: nn.Module) -> dict[str, Any] | None:
+    """The JSON recipe of ``loss`` that :func:`loss_from_config` builds again, or ``None``.
+
+    A registered loss gives ``{"name": ..., **constructor arguments}``, a compound
+    ``{"name": "compound", "losses": [...], "weights": [...]}`` (numbers or linear schedules).
+    Any other module, or arguments that are not numbers, strings, lists or arrays, give ``None``.
+
+    Example:
+        >>> loss_config(TverskyLoss(alpha=0.7))["alpha"]
+        0.7
+    """
+    if isinstance(loss, CompoundLoss):
+        parts = [loss_config(part) for part in loss.losses]
+        weights = [weight_config(weight) for weight in loss.weights]
+        if None in parts or None in weights:
+            return None
+        return {"name": "compound", "losses": parts, "weights": weights}
+    name = next((key for key, cls in LOSSES.items() if type(loss) is cls), None)
+    arguments = getattr(loss, "init_args", None)
+    if name is None or arguments is None:
+        return None
+    try:
+        return {"name": name, **{key: _plain(value) for key, value in arguments.items()}}
+    except TypeError:
+        return None
+
+
+def loss_from_config(config: str | dict[str, Any]) -> Loss:
+    """The loss a name (``"dice+ce"``) or a :func:`loss_config` recipe describes."""
+    if isinstance(config, str):
+        return create_loss(config)
+    if isinstance(config, dict) and "custom" in config:
+        raise ValueError(f"the loss was a custom module ({config['custom']}) that a config cannot "
+                         "hold; pass the module itself.")
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ValueError(f"a loss config is a name or a dict with a 'name', got {config!r}.")
+    if config["name"] == "compound":
+        parts = [loss_from_config(part) for part in config["losses"]]
+        return CompoundLoss(parts, [weight_from_config(w) for w in config["weights"]])
+    arguments = {key: value for key, value in config.items() if key != "name"}
+    return LOSSES[look_up_option(config["name"], LOSSES, argument="loss name")](**arguments)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data (arrays and tensors as lists); ``TypeError`` if it is not data."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Real):
+        return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v) for k, v in value.items()}
+    raise TypeError(f"{type(value).__name__} is not JSON data")

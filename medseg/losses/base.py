@@ -9,8 +9,9 @@ stacks them into ``(B, ...)`` tensors and passes them to ``forward`` as keyword 
 from __future__ import annotations
 
 import abc
+import inspect
 import numbers
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +20,11 @@ from torch import nn
 if TYPE_CHECKING:
     from medseg.losses.compound import CompoundLoss, Weight
 
-__all__ = ["Loss", "as_labels", "one_hot", "spatial_axes"]
+__all__ = ["IGNORE_INDEX", "Loss", "as_labels", "one_hot", "spatial_axes", "valid_mask"]
+
+IGNORE_INDEX = -1
+"""The target value of an ignored voxel (``medseg.io.labels.IGNORE_INDEX``): every loss leaves it
+out, so it adds nothing to a sum, a mean or a gradient."""
 
 
 class Loss(nn.Module, abc.ABC):
@@ -37,6 +42,15 @@ class Loss(nn.Module, abc.ABC):
         >>> loss(logits, target).shape
         torch.Size([])
     """
+
+    init_args: dict[str, Any] | None
+    """The constructor's arguments, defaults included (``None`` if they cannot be told apart),
+    recorded as the networks' ``hparams`` are, so a Pipeline can save the loss and rebuild it."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Loss:
+        self = super().__new__(cls)
+        self.__dict__["init_args"] = _bound_arguments(cls, self, args, kwargs)
+        return self
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,13 +120,36 @@ class Loss(nn.Module, abc.ABC):
     __rmul__ = __mul__
 
 
+def _bound_arguments(cls: type, self: Loss, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """``cls.__init__``'s arguments by name, defaults filled in; ``None`` if they do not bind
+    (the constructor then raises its own error) or include ``*args``."""
+    try:
+        bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    arguments: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL and value:
+            return None
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            arguments[name] = value
+    return arguments
+
+
 def as_labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Check a batch and return its labels as a long tensor ``(B, *spatial)``.
 
     Args:
         logits: ``(B, C, *spatial)`` with ``C >= 2`` and one or more spatial axes.
         target: ``(B, *spatial)`` or ``(B, 1, *spatial)``, any integer dtype or floats holding
-            integers, with values in ``[0, C)``.
+            integers, with values in ``[0, C)`` or :data:`IGNORE_INDEX` (ignored voxels).
+
+    The values are checked on CPU tensors only: on a GPU the check would wait for the device at
+    every step, so there the data workers check each batch (``PatchStream``) instead.
     """
     if logits.ndim < 3:
         raise ValueError(f"logits must be (B, C, *spatial), got shape {tuple(logits.shape)}.")
@@ -129,27 +166,42 @@ def as_labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         )
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}.")
+    if target.device.type == "cpu":
+        check_label_values(target, logits.shape[1])
+    return target.long()
+
+
+def check_label_values(target: torch.Tensor, num_classes: int) -> None:
+    """Raise a ``ValueError`` unless ``target`` holds integers in ``[0, num_classes)`` (or
+    :data:`IGNORE_INDEX`)."""
     if target.is_floating_point():
         if not torch.equal(target, target.round()):
             raise ValueError(
                 "target holds non-integer values; pass class indices, not one-hot or probabilities."
             )
-    low, high = torch.aminmax(target)
-    if low < 0 or high >= logits.shape[1]:
+    low, high = (v.item() for v in torch.aminmax(target))  # numbers: uint8 would wrap -1
+    if low < IGNORE_INDEX or high >= num_classes:
         raise ValueError(
-            f"target values must lie in [0, {logits.shape[1] - 1}], got [{low.item()}, {high.item()}]."
+            f"target values must lie in [0, {num_classes - 1}] (or {IGNORE_INDEX}: ignored), "
+            f"got [{low}, {high}]."
         )
-    return target.long()
 
 
 def one_hot(
     labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """One-hot encode ``(B, *spatial)`` labels into ``(B, C, *spatial)``."""
+    """One-hot encode ``(B, *spatial)`` labels into ``(B, C, *spatial)``; an ignored voxel
+    (:data:`IGNORE_INDEX`) gets all zeros."""
     out = torch.zeros(
         (labels.shape[0], num_classes, *labels.shape[1:]), dtype=dtype, device=labels.device
     )
-    return out.scatter_(1, labels.unsqueeze(1), 1.0)
+    out.scatter_(1, labels.clamp_min(0).unsqueeze(1), 1.0)
+    return out * valid_mask(labels).unsqueeze(1).to(dtype)
+
+
+def valid_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, *spatial)`` booleans: the voxels that are not ignored."""
+    return labels != IGNORE_INDEX
 
 
 def spatial_axes(x: torch.Tensor, batch: bool = False) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.losses.base import Loss, as_labels, check_flag, one_hot
+from medseg.losses.base import Loss, as_labels, check_flag, one_hot, valid_mask
 from medseg.losses.distance import (
     batch_maps,
     check_spacing,
@@ -27,7 +27,8 @@ class BoundaryLoss(Loss):
     voxels, classes and samples; it can be negative and is used next to a region loss, for
     instance with Kervadec's schedule (``create_loss("dice+boundary")``). With unit spacing it
     equals MONAI's ``BoundaryLoss(softmax=True, to_onehot_y=True)``; with spacing, Kervadec's
-    code subtracts 1 (mm) inside where this subtracts the smallest spacing.
+    code subtracts 1 (mm) inside where this subtracts the smallest spacing. Ignored voxels are left
+    out: the mean runs over the other voxels, and distances are measured to known voxels only.
 
     Args:
         include_background: keep class 0.
@@ -59,14 +60,15 @@ class BoundaryLoss(Loss):
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         start = 0 if self.include_background else 1
-        probs = torch.softmax(logits.float(), dim=1)[:, start:]
+        valid = valid_mask(labels)
+        probs = torch.softmax(logits.float(), dim=1)[:, start:] * valid.unsqueeze(1)
         distances = extra_or_none(extras, "signed_distance", logits)
         if distances is None:
             masks = one_hot(labels, logits.shape[1])[:, start:] > 0.5
-            distances = batch_maps(signed_distance, masks, extras.get("spacing"))
+            distances = batch_maps(signed_distance, masks, extras.get("spacing"), valid)
         else:
             distances = distances[:, start:]
-        return (probs * distances).mean()
+        return (probs * distances).sum() / (valid.sum() * probs.shape[1]).clamp_min(1)
 
     def extra_repr(self) -> str:
         return f"include_background={self.include_background}"

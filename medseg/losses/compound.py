@@ -17,7 +17,15 @@ from torch import nn
 
 from medseg.losses.base import Loss, check_number
 
-__all__ = ["CompoundLoss", "LinearSchedule", "Weight", "is_weight", "kervadec_schedule"]
+__all__ = [
+    "CompoundLoss",
+    "LinearSchedule",
+    "Weight",
+    "is_weight",
+    "kervadec_schedule",
+    "weight_config",
+    "weight_from_config",
+]
 
 Weight = float | Callable[[int], float]
 
@@ -57,6 +65,24 @@ class LinearSchedule:
         if self.end >= self.start:
             return float(min(self.start + moved, self.end))
         return float(max(self.start - moved, self.end))
+
+
+def weight_config(weight: Weight) -> float | dict[str, float] | None:
+    """A weight as JSON: the number, ``{"schedule": "linear", ...}``, or ``None`` for another callable."""
+    if isinstance(weight, numbers.Real) and not isinstance(weight, bool):
+        return float(weight)
+    if isinstance(weight, LinearSchedule):
+        return {"schedule": "linear", "start": weight.start, "end": weight.end, "step": weight.step}
+    return None
+
+
+def weight_from_config(config: float | dict[str, float]) -> Weight:
+    """The weight :func:`weight_config` describes."""
+    if isinstance(config, dict) and config.get("schedule") == "linear":
+        return LinearSchedule(config["start"], config["end"], config["step"])
+    if isinstance(config, numbers.Real) and not isinstance(config, bool):
+        return float(config)
+    raise ValueError(f"a loss weight must be a number or a linear schedule, got {config!r}.")
 
 
 def kervadec_schedule() -> tuple[LinearSchedule, LinearSchedule]:

@@ -1,4 +1,8 @@
-"""Voxel-wise losses: cross-entropy and its focal, top-k and distance-penalised variants."""
+"""Voxel-wise losses: cross-entropy and its focal, top-k and distance-penalised variants.
+
+Every mean runs over the voxels that are not ignored (target :data:`~medseg.losses.base.IGNORE_INDEX`);
+a batch with no such voxel gives 0.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.losses.base import Loss, as_labels, check_number
+from medseg.losses.base import IGNORE_INDEX, Loss, as_labels, check_number, valid_mask
 from medseg.losses.distance import boundary_penalty, check_spacing, extra_or_none, spacings_of
 
 __all__ = ["CrossEntropyLoss", "DistancePenalizedCELoss", "FocalLoss", "TopKLoss"]
@@ -31,6 +35,16 @@ def _class_weights(values: Sequence[float] | None, argument: str) -> torch.Tenso
             f"{argument} must hold >= 2 finite non-negative numbers (one per class), got {values!r}."
         )
     return weights
+
+
+def _voxel_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-voxel cross-entropy ``(B, *spatial)``, 0 (and no gradient) at ignored voxels."""
+    return F.cross_entropy(logits.float(), labels, weight=weight, reduction="none", ignore_index=IGNORE_INDEX)
+
+
+def _mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(values) / sum(weights)``, 0 when the weights are all 0 (an all-ignored batch)."""
+    return values.sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _check_length(weights: torch.Tensor | None, logits: torch.Tensor, argument: str) -> None:
@@ -62,7 +76,9 @@ class CrossEntropyLoss(Loss):
         labels = as_labels(logits, target)
         _check_length(self.weight, logits, "weight")
         weight = None if self.weight is None else self.weight.to(logits.device)
-        return F.cross_entropy(logits.float(), labels, weight=weight)
+        valid = valid_mask(labels)
+        voxel_weight = valid.float() if weight is None else weight[labels.clamp_min(0)] * valid
+        return _mean(_voxel_ce(logits, labels, weight), voxel_weight)
 
     def extra_repr(self) -> str:
         return "" if self.weight is None else f"weight={self.weight.tolist()}"
@@ -110,12 +126,13 @@ class FocalLoss(Loss):
     ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
-        log_p = torch.log_softmax(logits.float(), dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
-        loss = -((1.0 - log_p.exp()) ** self.gamma) * log_p
+        valid, known = valid_mask(labels), labels.clamp_min(0)
+        log_p = torch.log_softmax(logits.float(), dim=1).gather(1, known.unsqueeze(1)).squeeze(1)
+        loss = -((1.0 - log_p.exp()) ** self.gamma) * log_p * valid
         alpha = self._alpha(logits)
         if alpha is not None:
-            loss = loss * alpha.to(loss.device)[labels]
-        return loss.mean()
+            loss = loss * alpha.to(loss.device)[known]
+        return _mean(loss, valid.float())
 
     def extra_repr(self) -> str:
         alpha = self.scalar_alpha if self.alpha is None else self.alpha.tolist()
@@ -123,7 +140,8 @@ class FocalLoss(Loss):
 
 
 class TopKLoss(Loss):
-    """Cross-entropy of the ``k`` percent hardest voxels of the batch (Wu et al. 2016).
+    """Cross-entropy of the ``k`` percent hardest voxels of the batch (Wu et al. 2016), of the
+    voxels that are not ignored.
 
     Args:
         k: the percentage of voxels kept, in ``(0, 100]``; at least one voxel is kept.
@@ -144,7 +162,9 @@ class TopKLoss(Loss):
     ) -> torch.Tensor:
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
-        voxel_ce = F.cross_entropy(logits.float(), labels, reduction="none").reshape(-1)
+        voxel_ce = _voxel_ce(logits, labels)[valid_mask(labels)]  # the voxels not ignored
+        if voxel_ce.numel() == 0:
+            return logits.float().sum() * 0.0
         count = max(1, int(voxel_ce.numel() * self.k / 100.0))
         return voxel_ce.topk(count, sorted=False).values.mean()
 
@@ -189,5 +209,4 @@ class DistancePenalizedCELoss(Loss):
                 for sample, spacing in zip(array, spacings, strict=True)
             ]
             weight = torch.from_numpy(np.stack(maps)).to(logits.device)
-        voxel_ce = F.cross_entropy(logits.float(), labels, reduction="none")
-        return (weight * voxel_ce).mean()
+        return _mean(weight * _voxel_ce(logits, labels), valid_mask(labels).float())

@@ -2,7 +2,8 @@
 
 With ``p`` the softmax probabilities and ``g`` the one-hot target, each loss sums
 ``p * g``, ``p`` and ``g`` over the spatial axes of one sample and class (and over the batch
-when ``batch=True``), scores each class, and averages over classes and samples.
+when ``batch=True``), scores each class, and averages over classes and samples. Ignored voxels
+(target :data:`~medseg.losses.base.IGNORE_INDEX`) are left out of every sum.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from __future__ import annotations
 import torch
 
 from medseg.errors import look_up_option
-from medseg.losses.base import Loss, as_labels, check_flag, check_number, one_hot, spatial_axes
+from medseg.losses.base import (
+    Loss,
+    as_labels,
+    check_flag,
+    check_number,
+    one_hot,
+    spatial_axes,
+    valid_mask,
+)
 
 __all__ = [
     "DiceLoss",
@@ -26,10 +35,11 @@ def probabilities_and_one_hot(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax ``p`` and one-hot ``g``, both float32 ``(B, C', *spatial)``.
 
-    ``C' = C`` or ``C - 1`` when the background channel 0 is left out.
+    ``C' = C`` or ``C - 1`` when the background channel 0 is left out. Both are 0 at ignored
+    voxels, so they add nothing to any sum (nor to the gradient).
     """
     labels = as_labels(logits, target)
-    probs = torch.softmax(logits.float(), dim=1)
+    probs = torch.softmax(logits.float(), dim=1) * valid_mask(labels).unsqueeze(1)
     truth = one_hot(labels, logits.shape[1])
     if not include_background:
         probs, truth = probs[:, 1:], truth[:, 1:]

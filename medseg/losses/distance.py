@@ -3,6 +3,10 @@
 The maps are meant to be computed in data-loader workers, one sample at a time, through the
 losses' ``precompute``; the batch helpers at the end give the same maps inside ``forward``
 when a loss runs without them (the slow path).
+
+Ignored voxels (``valid`` False) hold no known label: they are neither object nor background, a
+distance is measured to known voxels only, and every map is 0 there. A map of a patch whose
+ignored voxels form a slab at its edge thus equals the map of the patch with the slab cut off.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
+
+from medseg.losses.base import IGNORE_INDEX
 
 __all__ = [
     "batch_maps",
@@ -24,8 +30,9 @@ __all__ = [
     "unsigned_distance",
 ]
 
-MaskMap = Callable[[np.ndarray, "tuple[float, ...] | None"], np.ndarray]
-"""A map of one binary mask ``(*spatial)`` given its spacing, e.g. :func:`signed_distance`."""
+MaskMap = Callable[..., np.ndarray]
+"""A map of one binary mask ``(*spatial)`` given its spacing and optional ``valid`` voxels, e.g.
+:func:`signed_distance`."""
 
 
 def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
@@ -40,35 +47,48 @@ def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ..
     return values
 
 
-def signed_distance(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> np.ndarray:
+def _known(mask: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(object, background, valid)`` boolean masks; ignored voxels are in neither."""
+    mask = np.asarray(mask, dtype=bool)
+    valid = np.ones(mask.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    mask = mask & valid
+    return mask, valid & ~mask, valid
+
+
+def signed_distance(
+    mask: np.ndarray, spacing: tuple[float, ...] | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Kervadec's signed distance map of a binary mask ``(*spatial)``.
 
     Outside the object: the distance to it. Inside: minus (the distance to the background minus
     one voxel step), so the object's border voxels are 0. The step is 1 without spacing and the
     smallest spacing with it, which keeps every inside value <= 0 at any spacing. A mask that is
-    empty or full has no border and gets zeros.
+    empty or full (of the ``valid`` voxels) has no border and gets zeros; so do ignored voxels.
     """
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any() or mask.all():
+    mask, background, valid = _known(mask, valid)
+    if not mask.any() or not background.any():
         return np.zeros(mask.shape, dtype=np.float32)
     step = 1.0 if spacing is None else min(spacing)
-    inside = distance_transform_edt(mask, sampling=spacing)
+    inside = distance_transform_edt(~background, sampling=spacing)
     outside = distance_transform_edt(~mask, sampling=spacing)
-    return np.where(mask, step - inside, outside).astype(np.float32)
+    return (np.where(mask, step - inside, outside) * valid).astype(np.float32)
 
 
-def unsigned_distance(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> np.ndarray:
+def unsigned_distance(
+    mask: np.ndarray, spacing: tuple[float, ...] | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Distance of each voxel to the other side of a binary mask's border ``(*spatial)``.
 
     Inside the object the distance to the background, outside the distance to the object (as in
-    Karimi & Salcudean 2019 and MONAI's ``HausdorffDTLoss``); zeros for an empty or full mask.
+    Karimi & Salcudean 2019 and MONAI's ``HausdorffDTLoss``); zeros for an empty or full mask
+    (of the ``valid`` voxels) and at ignored voxels.
     """
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any() or mask.all():
+    mask, background, valid = _known(mask, valid)
+    if not mask.any() or not background.any():
         return np.zeros(mask.shape, dtype=np.float32)
-    inside = distance_transform_edt(mask, sampling=spacing)
+    inside = distance_transform_edt(~background, sampling=spacing)
     outside = distance_transform_edt(~mask, sampling=spacing)
-    return np.where(mask, inside, outside).astype(np.float32)
+    return (np.where(mask, inside, outside) * valid).astype(np.float32)
 
 
 def class_maps(
@@ -77,14 +97,16 @@ def class_maps(
     classes: Sequence[int],
     spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """Apply ``map_fn`` to the mask of each class of one sample's labels ``(*spatial)``.
+    """Apply ``map_fn`` to the mask of each class of one sample's labels ``(*spatial)``
+    (ignored voxels, label ``IGNORE_INDEX``, are known to no mask).
 
     Returns:
         float32 ``(len(classes), *spatial)``.
     """
     out = np.zeros((len(classes), *labels.shape), dtype=np.float32)
+    valid = labels != IGNORE_INDEX
     for i, c in enumerate(classes):
-        out[i] = map_fn(labels == c, spacing)
+        out[i] = map_fn(labels == c, spacing, valid)
     return out
 
 
@@ -95,18 +117,20 @@ def boundary_penalty(labels: np.ndarray, spacing: tuple[float, ...] | None = Non
     distance to the nearest voxel of another label and ``M`` its largest value in the region,
     ``phi = (M - d) / (M - step)``: 1 on the region's border, 0 at its deepest voxel (1 for a
     region that is all border). ``step`` is 1, or the smallest spacing. One label only: all 1.
+    Ignored voxels (``IGNORE_INDEX``) are no label: no border lies along them; they get 1.
 
     Returns:
         float32 ``(*spatial)`` with values in ``[1, 2]``.
     """
     weight = np.ones(labels.shape, dtype=np.float32)
-    present = np.unique(labels)
+    valid = labels != IGNORE_INDEX
+    present = np.unique(labels[valid])
     if present.size < 2:
         return weight
     step = 1.0 if spacing is None else min(spacing)
     for c in present:
         region = labels == c
-        depth = distance_transform_edt(region, sampling=spacing)[region]
+        depth = distance_transform_edt(region | ~valid, sampling=spacing)[region]
         deepest = depth.max()
         phi = (deepest - depth) / (deepest - step) if deepest > step else np.ones_like(depth)
         weight[region] += np.clip(phi, 0.0, 1.0).astype(np.float32)
@@ -133,18 +157,23 @@ def batch_maps(
     map_fn: MaskMap,
     masks: torch.Tensor,
     spacing: torch.Tensor | Sequence[float] | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply ``map_fn`` to every ``(sample, channel)`` mask of ``(B, K, *spatial)``, on the CPU.
+
+    Args:
+        valid: ``(B, *spatial)`` the voxels that are not ignored (default: all).
 
     Returns:
         float32 ``(B, K, *spatial)`` on the masks' device, without gradient.
     """
     array = masks.detach().cpu().numpy().astype(bool)
+    known = None if valid is None else valid.detach().cpu().numpy().astype(bool)
     spacings = spacings_of(spacing, array.shape[0], array.ndim - 2)
     out = np.zeros(array.shape, dtype=np.float32)
     for b, sample_spacing in enumerate(spacings):
         for k in range(array.shape[1]):
-            out[b, k] = map_fn(array[b, k], sample_spacing)
+            out[b, k] = map_fn(array[b, k], sample_spacing, None if known is None else known[b])
     return torch.from_numpy(out).to(masks.device)
 
 

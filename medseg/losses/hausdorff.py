@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.losses.base import Loss, as_labels, check_flag, check_number, one_hot
+from medseg.losses.base import Loss, as_labels, check_flag, check_number, one_hot, valid_mask
 from medseg.losses.distance import (
     batch_maps,
     check_spacing,
@@ -25,7 +25,8 @@ class HausdorffDTLoss(Loss):
     mask and ``d_p`` that of ``p > 0.5``: inside a mask the distance to the background, outside
     the distance to the mask, 0 for an empty or full mask (as MONAI's ``HausdorffDTLoss``, which
     this equals at unit spacing). ``d_p`` depends on the prediction, so it is computed in
-    ``forward`` on the CPU, without gradient; ``d_g`` comes precomputed.
+    ``forward`` on the CPU, without gradient; ``d_g`` comes precomputed. Ignored voxels are left
+    out: the mean runs over the other voxels, and both fields know only them.
 
     Args:
         alpha: exponent of the distances (> 0).
@@ -67,17 +68,19 @@ class HausdorffDTLoss(Loss):
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         start = 0 if self.include_background else 1
-        probs = torch.softmax(logits.float(), dim=1)[:, start:]
+        valid = valid_mask(labels)
+        probs = torch.softmax(logits.float(), dim=1)[:, start:] * valid.unsqueeze(1)
         truth = one_hot(labels, logits.shape[1])[:, start:]
         spacing = extras.get("spacing")
         target_distance = extra_or_none(extras, "target_distance", logits)
         if target_distance is None:
-            target_distance = batch_maps(unsigned_distance, truth > 0.5, spacing)
+            target_distance = batch_maps(unsigned_distance, truth > 0.5, spacing, valid)
         else:
             target_distance = target_distance[:, start:]
-        pred_distance = batch_maps(unsigned_distance, probs.detach() > 0.5, spacing)
+        pred_distance = batch_maps(unsigned_distance, probs.detach() > 0.5, spacing, valid)
         distance = target_distance**self.alpha + pred_distance**self.alpha
-        return ((probs - truth) ** 2 * distance).mean()
+        total = ((probs - truth) ** 2 * distance).sum()
+        return total / (valid.sum() * probs.shape[1]).clamp_min(1)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, include_background={self.include_background}"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from medseg.errors import look_up_option
-from medseg.losses.base import Loss, as_labels, check_flag, one_hot
+from medseg.losses.base import Loss, as_labels, check_flag, one_hot, valid_mask
 
 __all__ = ["LovaszSoftmaxLoss", "lovasz_gradient"]
 
@@ -34,7 +34,8 @@ class LovaszSoftmaxLoss(Loss):
 
     For each class, the errors ``|g - p|`` are sorted in decreasing order and dotted with the
     gradient of the Lovász extension of the Jaccard loss; the class losses are averaged. At a
-    hard prediction the loss of a class is exactly its ``1 - IoU``.
+    hard prediction the loss of a class is exactly its ``1 - IoU``. Ignored voxels get error 0
+    and truth 0: they sort last and add nothing, as if they were not there (Berman's filtering).
 
     Args:
         classes: ``"present"`` (average the classes present in the target), ``"all"``, or a
@@ -82,7 +83,8 @@ class LovaszSoftmaxLoss(Loss):
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         labels = as_labels(logits, target)
         indices = self._class_indices(logits.shape[1])
-        probs = torch.softmax(logits.float(), dim=1)[:, indices].flatten(2)
+        valid = valid_mask(labels).unsqueeze(1)
+        probs = (torch.softmax(logits.float(), dim=1)[:, indices] * valid).flatten(2)
         truth = one_hot(labels, logits.shape[1])[:, indices].flatten(2)
         if not self.per_image:  # one group: the whole batch, (1, K, B * N)
             probs = probs.transpose(0, 1).reshape(1, len(indices), -1)

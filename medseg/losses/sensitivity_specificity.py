@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg.losses.base import check_number, spatial_axes
+from medseg.losses.base import as_labels, check_number, spatial_axes, valid_mask
 from medseg.losses.dice import _RegionLoss, probabilities_and_one_hot
 
 __all__ = ["SensitivitySpecificityLoss"]
@@ -15,7 +15,7 @@ class SensitivitySpecificityLoss(_RegionLoss):
 
     Per sample and class,
     ``r * sum((g - p)^2 g) / (sum(g) + smooth) + (1 - r) * sum((g - p)^2 (1 - g)) / (sum(1 - g) + smooth)``,
-    averaged over classes and samples (Brosch et al. 2015, "Deep convolutional encoder networks
+    averaged over classes and samples; ignored voxels are in neither term (Brosch et al. 2015, "Deep convolutional encoder networks
     for multiple sclerosis lesion segmentation"; they use ``r = 0.05`` for small lesions).
 
     Args:
@@ -48,11 +48,12 @@ class SensitivitySpecificityLoss(_RegionLoss):
         """Args: logits ``(B, C, *spatial)``, target ``(B, [1,] *spatial)``. Returns a scalar."""
         probs, truth = probabilities_and_one_hot(logits, target, self.include_background)
         axes = spatial_axes(probs, self.batch)
+        valid = valid_mask(as_labels(logits, target)).unsqueeze(1).float()
         squared = (truth - probs) ** 2
         on_object = (squared * truth).sum(axes)
         volume = truth.sum(axes)
         off_object = squared.sum(axes) - on_object
-        background = _count(probs, axes) - volume
+        background = valid.sum(axes) - volume
         sensitivity = on_object / (volume + self.smooth)
         specificity = off_object / (background + self.smooth)
         return (self.r * sensitivity + (1.0 - self.r) * specificity).mean()
@@ -60,10 +61,3 @@ class SensitivitySpecificityLoss(_RegionLoss):
     def extra_repr(self) -> str:
         return f"r={self.r}, " + super().extra_repr()
 
-
-def _count(x: torch.Tensor, axes: list[int]) -> int:
-    """The number of elements a sum over ``axes`` adds up."""
-    count = 1
-    for axis in axes:
-        count *= x.shape[axis]
-    return count

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import look_up_option
-from .base import Fingerprint, Step, invert, preprocess
+from .base import Fingerprint, Step, invert, invert_labels, preprocess
 from .crop import CropForeground, Pad
 from .normalize import CTNormalize, ZScore
 from .resample import Resample, resize
@@ -21,6 +21,7 @@ __all__ = [
     "ZScore",
     "create_step",
     "invert",
+    "invert_labels",
     "preprocess",
     "resize",
 ]

@@ -1,16 +1,19 @@
 """Preprocessed cases cached on disk as uncompressed, memory-mappable ``.npy``.
 
-The cache is keyed by the preprocessing configuration and each case's file sizes and times, so a
-second run (or a resumed one) starts training within seconds, and an edited file is redone.
+The cache is keyed by the preprocessing configuration, the dataset's label spec, medseg's version
+and a digest of the preprocessing and label-encoding code, and each case's file sizes and times,
+so a second run (or a resumed one) starts training within seconds, and an edited file, setting or
+code change is redone.
 Foreground locations are precomputed per class, so patch sampling never scans a volume.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from ..io.files import atomic_path
 from ..io.sample import Geometry
 from .base import Step, preprocess
 
-__all__ = ["PreprocessedCases", "default_cache_dir"]
+__all__ = ["PreprocessedCases", "code_version", "default_cache_dir"]
 
 _MAX_LOCATIONS = 10_000  # foreground voxels kept per class (nnU-Net keeps 10k)
 
@@ -35,6 +38,26 @@ def default_cache_dir() -> Path:
 
 def _digest(value: object) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_digest(files: Iterable[Path]) -> str:
+    """A digest of the files' names and contents."""
+    sha = hashlib.sha1()
+    for file in sorted(files):
+        sha.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return sha.hexdigest()[:16]
+
+
+@functools.cache
+def code_version() -> str:
+    """medseg's version and a digest of the code that decides what a cached case holds (the
+    preprocessing steps and the label encoding), computed once per process: an edit to either
+    lands in a new cache folder instead of reading stale cases."""
+    from .. import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    files = [*package.joinpath("preprocessing").glob("*.py"), package / "io" / "labels.py"]
+    return f"{__version__}-{source_digest(files)}"
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -93,8 +116,10 @@ class PreprocessedCases:
     ) -> None:
         self.dataset = dataset
         self.steps = list(steps)
+        spec = getattr(dataset, "label_spec", None)  # cached labels are class indices under it
         key = _digest({"root": str(dataset.root and Path(dataset.root).resolve()),
-                       "steps": [s.config() for s in self.steps], "version": 1})
+                       "steps": [s.config() for s in self.steps], "version": 2, "code": code_version(),
+                       "labels": None if spec is None else spec.to_dict()})
         self.root = Path(cache_dir or default_cache_dir()) / key
         self.workers = workers or min(4, os.cpu_count() or 1)
 

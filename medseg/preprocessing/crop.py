@@ -21,9 +21,12 @@ def _shifted(geometry: Geometry, offset: Sequence[int], shape: Sequence[int]) ->
     return Geometry(geometry.affine @ shift, tuple(shape))
 
 
-def _background(probabilities: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    out = np.zeros((probabilities.shape[0], *shape), dtype=probabilities.dtype)
-    out[0] = 1.0
+def _pad_back(array: np.ndarray, record: Any, fill: Sequence[float]) -> np.ndarray:
+    """``(C, *box)`` -> ``(C, *shape)``, channel ``c`` set to ``fill[c]`` outside the box."""
+    shape, box = record
+    out = np.empty((array.shape[0], *shape), dtype=array.dtype)
+    out[...] = np.asarray(fill, dtype=array.dtype).reshape(-1, *(1,) * len(shape))
+    out[(slice(None), *(slice(a, b) for a, b in box))] = array
     return out
 
 
@@ -34,6 +37,7 @@ class CropForeground(Step):
     """
 
     name = "crop_foreground"
+    moves_voxels_only = True  # type: ignore[assignment]
 
     def __call__(self, sample: Sample) -> Sample:
         mask = np.any(sample.image != 0, axis=0)
@@ -56,10 +60,13 @@ class CropForeground(Step):
     def invert(self, probabilities: np.ndarray, record: Any) -> np.ndarray:
         if record is None:
             return probabilities
-        shape, box = record
-        out = _background(probabilities, shape)
-        out[(slice(None), *(slice(a, b) for a, b in box))] = probabilities
-        return out
+        return _pad_back(probabilities, record, [1.0] + [0.0] * (len(probabilities) - 1))  # background
+
+    def invert_channel(self, channel: np.ndarray, record: Any, *, fill: float = 0.0) -> np.ndarray:
+        return channel if record is None else _pad_back(channel, record, [fill] * len(channel))
+
+    def invert_map(self, labels: np.ndarray, record: Any, *, fill: Any) -> np.ndarray:
+        return self.invert_channel(labels, record, fill=fill)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -73,6 +80,7 @@ class Pad(Step):
     """
 
     name = "pad"
+    moves_voxels_only = True  # type: ignore[assignment]
 
     def __init__(self, *, min_shape: Sequence[int]) -> None:
         self.min_shape = tuple(int(s) for s in min_shape)

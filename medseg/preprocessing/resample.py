@@ -86,15 +86,23 @@ class Resample(Step):
     Args:
         spacing: target spacing in mm per axis, ``"median"`` (the dataset's median, resolved by
             :meth:`fit`) or ``None`` (keep each case's own grid).
+        keep_axis: an axis left at each case's own spacing (its target entry is ignored): the
+            slice axis of a 2D network on 3D data, so every case keeps its slices and each is
+            predicted from itself.
 
     Example:
         >>> Resample(spacing=(1.0, 1.0, 3.0))
         Resample(spacing=(1.0, 1.0, 3.0))
+        >>> Resample(spacing=(0.8, 0.8, 3.0), keep_axis=2).target_shape((100, 100, 40), (0.4, 0.4, 1.5))
+        (50, 50, 40)
     """
 
     name = "resample"
 
-    def __init__(self, *, spacing: Sequence[float] | str | None = "median") -> None:
+    def __init__(self, *, spacing: Sequence[float] | str | None = "median", keep_axis: int | None = None) -> None:
+        if keep_axis is not None and (isinstance(keep_axis, bool) or not isinstance(keep_axis, int) or keep_axis < 0):
+            raise ValueError(f"Resample(keep_axis={keep_axis!r}): give a data axis (0, 1 or 2) or None.")
+        self.keep_axis = keep_axis
         if isinstance(spacing, str):
             if spacing != "median":
                 raise ValueError(f'Resample(spacing={spacing!r}): use "median", a tuple of mm, or None.')
@@ -106,7 +114,7 @@ class Resample(Step):
 
     def fit(self, fingerprint: Fingerprint) -> Resample:
         if self.spacing == "median":
-            return Resample(spacing=fingerprint.median_spacing)
+            return Resample(spacing=fingerprint.median_spacing, keep_axis=self.keep_axis)
         return self
 
     def target_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
@@ -116,7 +124,10 @@ class Resample(Step):
             raise RuntimeError('Resample(spacing="median") must be fitted on a dataset first.')
         if len(self.spacing) != len(shape):
             raise ValueError(f"Resample spacing {self.spacing} has {len(self.spacing)} axes; the case has {len(shape)}.")
-        return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, self.spacing))
+        if self.keep_axis is not None and self.keep_axis >= len(shape):
+            raise ValueError(f"Resample(keep_axis={self.keep_axis}): the case has only {len(shape)} axes.")
+        return tuple(n if a == self.keep_axis else max(1, round(n * s / t))
+                     for a, (n, s, t) in enumerate(zip(shape, spacing, self.spacing)))
 
     def __call__(self, sample: Sample) -> Sample:
         shape = self.target_shape(sample.spatial_shape, sample.geometry.spacing)
@@ -136,4 +147,7 @@ class Resample(Step):
 
     def config(self) -> dict[str, Any]:
         spacing = list(self.spacing) if isinstance(self.spacing, tuple) else self.spacing
-        return {"name": self.name, "spacing": spacing}
+        config = {"name": self.name, "spacing": spacing}
+        if self.keep_axis is not None:  # absent otherwise, so caches keyed by the config stay valid
+            config["keep_axis"] = self.keep_axis
+        return config

@@ -1,20 +1,25 @@
 """Data augmentation presets built on MONAI transforms.
 
 Random parameters are drawn by :meth:`Augmentation.draw` apart from :meth:`Augmentation.apply`,
-so a draw can be replayed (and tested) exactly.
+so a draw can be replayed (and tested) exactly. On strongly anisotropic 3D patches (thick slices,
+spacing ratio over ``ANISOTROPY``) rotation and scaling stay in-plane, as nnU-Net's "dummy 2D"
+augmentation: turning a 3.6 mm axis into a 0.6 mm one would shear the anatomy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import Affine
+from monai.transforms.utils import create_rotate, create_scale
 
 from ..errors import look_up_option
+from ..preprocessing.resample import ANISOTROPY
 
 __all__ = ["AUGMENTATIONS", "Augmentation", "create_augmentation"]
 
@@ -25,7 +30,8 @@ class Augmentation:
 
     Args:
         p_affine: chance of a random rotation and scaling.
-        rotation: largest rotation in degrees (about each axis in 3D).
+        rotation: largest rotation in degrees (about each axis in 3D; about the thick axis only,
+            and scaling in-plane only, on anisotropic data).
         scale: range of the scale factor.
         p_flip: chance of mirroring, per axis.
         p_noise: chance of additive Gaussian noise (std drawn up to ``noise_std``).
@@ -49,16 +55,31 @@ class Augmentation:
 
     @property
     def margin(self) -> float:
-        """How much larger the source block must be than the patch for an affine draw."""
+        """How much larger than the patch the source block of any affine draw can be."""
         return 1.0 if self.p_affine == 0 else math.sqrt(2) * max(self.scale)
 
-    def draw(self, rng: np.random.Generator, spatial_dims: int) -> dict[str, Any]:
-        """Draw the random parameters for one patch."""
+    def draw(
+        self, rng: np.random.Generator, spatial_dims: int, spacing: Sequence[float] | None = None
+    ) -> dict[str, Any]:
+        """Draw the random parameters for one patch.
+
+        Args:
+            rng: the random generator.
+            spatial_dims: 2 or 3, the patch's dimensionality.
+            spacing: the patch's voxel spacing; a 3D patch whose coarsest spacing is over
+                ``ANISOTROPY`` times its finest is rotated about that axis only and scaled in-plane.
+        """
         params: dict[str, Any] = {"flip": [a for a in range(spatial_dims) if rng.random() < self.p_flip]}
         if rng.random() < self.p_affine:
-            angles = 1 if spatial_dims == 2 else 3
-            params["rotate"] = [float(math.radians(rng.uniform(-self.rotation, self.rotation))) for _ in range(angles)]
-            params["scale"] = float(rng.uniform(*self.scale))
+            thick = _thick_axis(spacing) if spatial_dims == 3 else None
+            if thick is None:
+                angles = 1 if spatial_dims == 2 else 3
+                params["rotate"] = [float(math.radians(rng.uniform(-self.rotation, self.rotation))) for _ in range(angles)]
+            else:
+                params["rotate"] = [0.0] * 3
+                params["rotate"][thick] = float(math.radians(rng.uniform(-self.rotation, self.rotation)))
+            scale = float(rng.uniform(*self.scale))
+            params["scale"] = [1.0 if a == thick else scale for a in range(spatial_dims)]
         if rng.random() < self.p_noise:
             params["noise_std"] = float(rng.uniform(0, self.noise_std))
             params["noise_seed"] = int(rng.integers(2**31))
@@ -76,7 +97,7 @@ class Augmentation:
         Without an affine draw the source must already have ``size``.
         """
         if "rotate" in params:
-            affine = Affine(rotate_params=params["rotate"], scale_params=[params["scale"]] * len(size),
+            affine = Affine(rotate_params=params["rotate"], scale_params=_scales(params, len(size)),
                             spatial_size=size, padding_mode="zeros", image_only=True)
             image = np.asarray(affine(torch.from_numpy(np.ascontiguousarray(image)), mode="bilinear"))
             label = np.asarray(affine(torch.from_numpy(label[None].astype(np.float32)), mode="nearest"))[0]
@@ -96,8 +117,37 @@ class Augmentation:
         dtype = np.int8 if label.max(initial=0) < 128 else np.int16
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=dtype)
 
+    def source_size(self, params: dict[str, Any], size: Sequence[int]) -> tuple[int, ...]:
+        """The block of the case that :meth:`apply` samples for a ``size`` patch: the bounding box
+        of the rotated, scaled patch (voxel centres), so a block inside the case pads nothing.
+
+        Example:
+            >>> Augmentation().source_size({"rotate": [math.pi / 4], "scale": [1.0, 1.0]}, (11, 11))
+            (16, 16)
+        """
+        if "rotate" not in params:
+            return tuple(int(s) for s in size)
+        dims = len(size)
+        linear = (create_rotate(dims, params["rotate"]) @ create_scale(dims, _scales(params, dims)))[:dims, :dims]
+        extent = np.abs(linear) @ ((np.asarray(size, dtype=np.float64) - 1) / 2)
+        return tuple(int(math.ceil(2 * e - 1e-6)) + 1 for e in extent)
+
     def config(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _thick_axis(spacing: Sequence[float] | None) -> int | None:
+    """The coarse axis of a strongly anisotropic 3D spacing (resample's rule), else ``None``."""
+    if spacing is None or len(spacing) != 3:
+        return None
+    spacing = np.asarray(spacing, dtype=np.float64)
+    return int(spacing.argmax()) if spacing.max() / spacing.min() > ANISOTROPY else None
+
+
+def _scales(params: dict[str, Any], dims: int) -> list[float]:
+    """Per-axis scale factors (draws before per-axis scaling held one factor)."""
+    scale = params["scale"]
+    return [float(scale)] * dims if isinstance(scale, (int, float)) else [float(s) for s in scale]
 
 
 AUGMENTATIONS: dict[str, Augmentation] = {

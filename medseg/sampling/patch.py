@@ -60,7 +60,7 @@ class PatchSampler:
         self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
         self.foreground_ratio = float(foreground_ratio)
         self.slice_axis = slice_axis
-        self._drawn = 0
+        self.drawn = 0  # the index of the next patch (a stream sets it per batch)
 
     def data_patch(self, data_dims: int) -> tuple[int, ...]:
         """The patch in data axes: a 2D patch on 3D data is one voxel thick across ``slice_axis``."""
@@ -76,10 +76,14 @@ class PatchSampler:
         raise ValueError(f"patch_size {self.patch_size} does not fit {data_dims}D data.")
 
     def next_is_foreground(self) -> bool:
-        """Whether the next patch is foreground-centred (an exact running share)."""
-        before = int(self._drawn * self.foreground_ratio + 1e-9)
-        self._drawn += 1
-        return int(self._drawn * self.foreground_ratio + 1e-9) > before
+        """Whether the next patch, number ``drawn``, is foreground-centred; counts it.
+
+        Patch ``k`` is when ``floor((k + 1) r) > floor(k r)``: an exact share over every run of
+        patches, and a function of the index alone, so a stream may start at any patch.
+        """
+        k = self.drawn
+        self.drawn += 1
+        return int((k + 1) * self.foreground_ratio + 1e-9) > int(k * self.foreground_ratio + 1e-9)
 
     def draw_start(
         self,

@@ -1,12 +1,13 @@
-"""The training loop: AdamW or SGD with a poly schedule, a checkpoint every epoch, resume,
-a time limit, mixed precision on GPU, and a progress bar that says how long is left."""
+"""The training loop: AdamW or SGD with a poly schedule, a checkpoint every epoch, resume that
+continues the very same run, a time limit, mixed precision on GPU, steps with a non-finite loss
+skipped, run logs, and a progress bar that says how long is left."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import look_up_option
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, random_states, save_checkpoint, set_random_states
+from .logs import RunLog
 
-__all__ = ["TrainingConfig", "train"]
+__all__ = ["Batches", "TrainingConfig", "train"]
+
+Batch = dict[str, torch.Tensor]
+Batches = Iterator[Batch] | Callable[[int], Iterator[Batch]]
+"""Endless batches, or a function ``start -> batches`` that begins at batch ``start``."""
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,7 @@ def _optimizer(network: nn.Module, config: TrainingConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _step_loss(network: nn.Module, loss: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _step_loss(network: nn.Module, loss: nn.Module, batch: Batch) -> torch.Tensor:
     image, target = batch["image"], batch["label"]
     extras = {k: v for k, v in batch.items() if k not in ("image", "label")}
     outputs = network(image)
@@ -85,99 +91,197 @@ def _step_loss(network: nn.Module, loss: nn.Module, batch: dict[str, torch.Tenso
     return loss(outputs, target, **extras)
 
 
+class _Steps:
+    """One optimiser step at a time; a step whose loss is not finite changes no weight."""
+
+    def __init__(self, network: nn.Module, loss: nn.Module, config: TrainingConfig, device: torch.device) -> None:
+        self.network, self.loss, self.device = network, loss, device
+        self.optimizer = _optimizer(network, config)
+        self.amp = config.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def __call__(self, batch: Batch, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on ``batch``; returns the loss and whether it is finite (tensors: no sync)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch["label"] = batch["label"].long()
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            value = _step_loss(self.network, self.loss, batch)
+        finite = torch.isfinite(value.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        # with AMP the scaler skips a step whose gradients are not finite (its step syncs anyway);
+        # without, the check is on the CPU or costs one sync
+        if self.amp or bool(finite):
+            self.scaler.scale(value).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return value.detach().float(), finite
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.amp and state.get("scaler"):  # empty when the run that saved it had no AMP
+            self.scaler.load_state_dict(state["scaler"])
+
+
+@contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """cuDNN times its kernels for the first batch's shape and keeps the fastest (fixed patches)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def train(
     network: nn.Module,
     loss: nn.Module,
-    batches: Iterator[dict[str, torch.Tensor]],
+    batches: Batches,
     *,
     config: TrainingConfig,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     validate: Callable[[], float] | None = None,
     device: torch.device | str = "cpu",
+    first_batch: int = 0,
+    fixed_shapes: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``network`` on ``batches`` and return the history (one dict per epoch).
 
-    Each record has ``epoch``, ``loss`` (mean of the epoch's steps), ``steps`` and ``time`` (wall
-    seconds since the run began, at the end of the epoch's steps, earlier validations included);
-    with ``validate``, also ``val_dice`` and ``val_seconds`` (how long that validation took).
+    Each record has ``epoch``, ``loss`` (mean of the epoch's finite step losses), ``steps``,
+    ``nonfinite_steps`` (steps skipped for a non-finite loss), ``lr`` (of the epoch's last step),
+    ``time`` (wall seconds since the run began, at the end of the epoch's steps, earlier
+    validations included) and ``seconds`` (the epoch's wall time, its validation included); with
+    ``validate``, also ``val_dice`` and ``val_seconds`` (how long that validation took).
+
+    A resumed run restores the weights, the optimiser and AMP scaler states, the random states
+    of torch, NumPy and Python and the position in the batch stream (when ``batches`` is a
+    function of the start batch), so it goes on exactly as the run that was stopped. Beside the
+    checkpoint it keeps ``log.csv``, ``model_best.pt`` and TensorBoard scalars (see
+    :class:`~medseg.training.logs.RunLog`).
 
     Args:
         network: the model (moved to ``device``).
         loss: ``loss(logits, target, **extras)``.
-        batches: an endless iterator of ``{"image", "label", **extras}`` batches.
+        batches: endless ``{"image", "label", **extras}`` batches, or a function
+            ``start -> batches`` beginning at batch ``start`` (needed to resume the stream).
         config: the run's settings.
         checkpoint: file written after every epoch (and read when ``resume``).
         resume: continue from ``checkpoint`` if it exists: a kill loses at most one epoch.
         validate: returns the validation Dice, called after each epoch.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        first_batch: the stream position a new (not resumed) run starts at.
+        fixed_shapes: every batch has one shape (patches): on CUDA, cuDNN benchmarks its kernels.
+
+    Raises:
+        FloatingPointError: most steps of an epoch had a non-finite loss.
     """
     device = torch.device(device)
     network.to(device)
-    optimizer = _optimizer(network, config)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps = _Steps(network, loss, config, device)
     history: list[dict[str, float]] = []
-    start_epoch, spent = 0, 0.0
-    if resume and checkpoint is not None and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint, map_location=device)
+    start_epoch, spent, position = 0, 0.0, int(first_batch)
+    resuming = resume and checkpoint is not None and Path(checkpoint).is_file()
+    state = load_checkpoint(checkpoint, map_location=device) if resuming else None
+    if state is not None:
         network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        steps.load(state)
         start_epoch, spent, history = int(state["epoch"]), float(state["elapsed"]), list(state["history"])
-        log.info("resuming from %s at epoch %d", checkpoint, start_epoch)
-    total_steps = config.epochs * config.iterations_per_epoch
-    began = time.monotonic() - spent
-
-    def progress(step: int) -> float:
-        by_time = (time.monotonic() - began) / config.time_limit if config.time_limit else 0.0
-        return min(1.0, max(step / total_steps, by_time))
-
-    # the bar shows the share of the run done, by steps or by the time limit, whichever ends it
-    bar = tqdm(total=100, initial=round(100 * progress(start_epoch * config.iterations_per_epoch)), desc="training",
+        position = int(state.get("batch", position + sum(int(h["steps"]) for h in history)))
+        log.info("resuming from %s at epoch %d (batch %d)", checkpoint, start_epoch, position)
+    stream = batches(position) if callable(batches) else batches
+    if state is not None and "random" in state:  # after the stream drew its own seeds
+        set_random_states(state["random"])
+    run_log = RunLog(Path(checkpoint).parent, history) if checkpoint is not None else None
+    clock = _Clock(config, spent)
+    bar = tqdm(total=100, initial=round(100 * clock.progress(start_epoch * config.iterations_per_epoch)), desc="training",
                bar_format="{l_bar}{bar}| {elapsed}{postfix}", dynamic_ncols=True)
-    for epoch in range(start_epoch, config.epochs):
-        if progress(epoch * config.iterations_per_epoch) >= 1.0:
-            break
-        if hasattr(loss, "set_epoch"):
-            loss.set_epoch(epoch)
-        network.train()
-        running = torch.zeros((), device=device)
-        steps = 0
-        for i in range(config.iterations_per_epoch):
-            done = progress(epoch * config.iterations_per_epoch + i)
-            if done >= 1.0:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * (1 - done) ** 0.9
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            batch["label"] = batch["label"].long()
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                value = _step_loss(network, loss, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(value).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
-            running += value.detach()
-            steps += 1
-        record = {"epoch": epoch + 1, "loss": float(running) / max(steps, 1), "steps": steps,
-                  "time": time.monotonic() - began}
-        if validate is not None:
-            checked = time.monotonic()
-            record["val_dice"] = float(validate())
-            record["val_seconds"] = time.monotonic() - checked  # later epochs' "time" includes it
-        history.append(record)
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {record['loss']}); lower the learning rate.")
-        if checkpoint is not None:
-            save_checkpoint({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                             "epoch": epoch + 1, "elapsed": record["time"], "history": history}, checkpoint)
-        left = _time_left(record["time"], epoch + 1 - start_epoch, config, start_epoch, spent)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)
-        bar.update(round(100 * progress((epoch + 1) * config.iterations_per_epoch)) - bar.n)
-    bar.close()
+    try:
+        with _cudnn_benchmark(fixed_shapes and device.type == "cuda"):
+            for epoch in range(start_epoch, config.epochs):
+                if clock.progress(epoch * config.iterations_per_epoch) >= 1.0:
+                    break
+                record = _epoch(epoch, steps, stream, config, clock, validate)
+                position += record["steps"]
+                history.append(record)
+                if run_log is not None:  # model_best.pt before the checkpoint: a kill between redoes the epoch
+                    run_log.epoch_done(history, network)
+                if checkpoint is not None:
+                    save_checkpoint({"model": network.state_dict(), **steps.state(), "epoch": epoch + 1,
+                                     "elapsed": record["time"], "history": history, "batch": position,
+                                     "random": random_states()}, checkpoint)
+                left = _time_left(record["time"], epoch + 1 - start_epoch, config, start_epoch, spent)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)
+                bar.update(round(100 * clock.progress((epoch + 1) * config.iterations_per_epoch)) - bar.n)
+    finally:
+        bar.close()
+        if run_log is not None:
+            run_log.close()
     return history
+
+
+class _Clock:
+    """The share of the run done, by steps or by the time limit, whichever ends it first."""
+
+    def __init__(self, config: TrainingConfig, spent: float) -> None:
+        self.config, self.began = config, time.monotonic() - spent
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+    def progress(self, step: int) -> float:
+        config = self.config
+        by_time = self.elapsed() / config.time_limit if config.time_limit else 0.0
+        return min(1.0, max(step / (config.epochs * config.iterations_per_epoch), by_time))
+
+
+def _epoch(
+    epoch: int,
+    steps: _Steps,
+    stream: Iterator[Batch],
+    config: TrainingConfig,
+    clock: _Clock,
+    validate: Callable[[], float] | None,
+) -> dict[str, float]:
+    """Run one epoch's steps (and validation); its history record."""
+    began = time.monotonic()
+    if hasattr(steps.loss, "set_epoch"):
+        steps.loss.set_epoch(epoch)
+    steps.network.train()
+    running = torch.zeros((), device=steps.device)
+    nonfinite = torch.zeros((), dtype=torch.long, device=steps.device)
+    done, lr = 0, config.lr
+    for i in range(config.iterations_per_epoch):
+        share = clock.progress(epoch * config.iterations_per_epoch + i)
+        if share >= 1.0:
+            break
+        lr = config.lr * (1 - share) ** 0.9
+        value, finite = steps(next(stream), lr)
+        running += torch.where(finite, value, 0.0)
+        nonfinite += ~finite
+        done += 1
+    skipped = int(nonfinite)
+    if 2 * skipped > done:
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch + 1}: {skipped} of {done} steps had a non-finite loss "
+            "(those steps were skipped); lower the learning rate or check the data.")
+    if skipped:
+        log.warning("epoch %d: skipped %d of %d steps with a non-finite loss", epoch + 1, skipped, done)
+    record = {"epoch": epoch + 1, "loss": float(running) / max(done - skipped, 1), "steps": done,
+              "nonfinite_steps": skipped, "lr": lr, "time": clock.elapsed()}
+    if validate is not None:
+        checked = time.monotonic()
+        record["val_dice"] = float(validate())
+        record["val_seconds"] = time.monotonic() - checked  # later epochs' "time" includes it
+    record["seconds"] = time.monotonic() - began
+    return record
 
 
 def _time_left(elapsed: float, epochs_done: int, config: TrainingConfig, start_epoch: int, spent: float) -> str:

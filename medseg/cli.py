@@ -20,7 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_options import Parser, add_settings_flags, flag_of, settings_from_args
+from .cli_options import (
+    Parser,
+    add_settings_flags,
+    flag_of,
+    parse_classes,
+    parse_names,
+    settings_from_args,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -32,16 +39,9 @@ _TEMP = re.compile(r"^\.tmp-(\d+)-")  # medseg.io.files.atomic_path's temporary 
 def _open_data(args: argparse.Namespace) -> Any:
     from .io import open_dataset
 
-    options = {"group_pattern": args.group_pattern, "modality": args.modality, "classes": args.classes}
-    given = {k: v for k, v in options.items() if v is not None}
-    try:
-        return open_dataset(args.data, **given)
-    except TypeError as error:  # a dataset kind that does not take --modality/--classes (yet)
-        flags = [f"--{k}" for k in ("modality", "classes") if k in given and k in str(error)]
-        if not flags:
-            raise
-        raise ValueError(f"{args.data}: this kind of dataset does not take {' or '.join(flags)}; "
-                         "declare them in its own files (dataset.json).") from error
+    options = {"group_pattern": getattr(args, "group_pattern", None), "modality": args.modality,
+               "classes": args.classes}
+    return open_dataset(args.data, **{k: v for k, v in options.items() if v is not None})
 
 
 def _check_device(device: str | None) -> None:
@@ -249,12 +249,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .io import open_dataset
     from .pipeline import default_device
     from .planning import plan_dataset
 
     # the plan `medseg train` would use here: the same device rule as the Pipeline's
-    plan = plan_dataset(open_dataset(args.data), spatial_dims=args.spatial_dims, device=args.device or default_device())
+    plan = plan_dataset(_open_data(args), spatial_dims=args.spatial_dims, device=args.device or default_device())
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan)
     return 0
 
@@ -345,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None)
     plan.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available), sets the budget")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (as pipeline.json holds it)")
+    plan.add_argument("--modality", type=parse_names, default=None, help="one name per channel: CT, or T1,T2")
+    plan.add_argument("--classes", type=parse_classes, default=None, help="label values and names: 1=liver,2=tumour")
     plan.set_defaults(func=_plan)
 
     archs = sub.add_parser("architectures", help="list the architectures")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["Parser", "add_settings_flags", "flag_of", "settings_from_args"]
+__all__ = ["Parser", "add_settings_flags", "flag_of", "parse_classes", "parse_names", "settings_from_args"]
 
 # argparse dest -> (settings section, key); the sections are pipeline.json's (see medseg.config)
 _SETTING_FLAGS = {
@@ -45,7 +45,7 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _names(text: str) -> tuple[str, ...]:
+def parse_names(text: str) -> tuple[str, ...]:
     """``"T1,T2"`` -> ``("T1", "T2")``: one name per image channel."""
     names = tuple(part.strip() for part in text.split(","))
     if not all(names):
@@ -53,7 +53,7 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _classes(text: str) -> dict[int, str]:
+def parse_classes(text: str) -> dict[int, str]:
     """``"1=liver,2=tumour"`` (or ``"0,1,2"``) -> ``{0: "background", 1: "liver", 2: "tumour"}``."""
     classes: dict[int, str] = {}
     for part in text.split(","):
@@ -127,8 +127,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, per_fold: bool = Fals
     parser.add_argument("--workers", type=int, default=None, help="data loader processes (default 1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--cache-dir", default=None, help="preprocessed cases (default: $MEDSEG_CACHE or ~/.cache/medseg)")
-    parser.add_argument("--modality", type=_names, default=None, help="one name per channel: CT, or T1,T2")
-    parser.add_argument("--classes", type=_classes, default=None,
+    parser.add_argument("--modality", type=parse_names, default=None, help="one name per channel: CT, or T1,T2")
+    parser.add_argument("--classes", type=parse_classes, default=None,
                         help="label values and names: 1=liver,2=tumour (0 is the background)")
     parser.add_argument("--group-pattern", default=None,
                         help=r"regex whose group 1 is a case's subject, kept on one side of splits (e.g. '^(\d+)_')")

@@ -48,8 +48,9 @@ _KEYED = {
     "inference": {f.name for f in dataclasses.fields(InferenceConfig)},
     "sampler": set(inspect.signature(PatchSampler.__init__).parameters) - {"self"},
 }
-# What a resumed run cannot change: the network, its loss, the data it sees and the optimiser state.
-_FROZEN_TRAINING = ("optimizer",)
+# What a resumed run cannot change: the network, its loss, the data it sees, the optimiser state,
+# and what places it on its patch stream and schedule (seed, steps per epoch, augmentation).
+_FROZEN_TRAINING = ("optimizer", "seed", "iterations_per_epoch", "augmentation")
 _FROZEN_SAMPLER = ("patch_size",)
 
 
@@ -138,7 +139,8 @@ def resume_conflicts(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> list
     """The settings ``asked`` would change but a resumed run cannot: ``(key, saved, asked)``.
 
     Keys are dotted (``"plan.patch_size"``, ``"loss"``): every plan field, the architecture,
-    the loss, the preprocessing, the sampler's patch size and the optimiser.
+    the loss, the preprocessing, the sampler's patch size, the optimiser, the seed, the steps per
+    epoch and the augmentation.
     """
     conflicts = []
     for key, value in asked.get("plan", {}).items():

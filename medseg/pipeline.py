@@ -22,11 +22,13 @@ from .inference.postprocess import to_label_values
 from .io import (
     Dataset,
     Geometry,
+    LabelSpec,
     Sample,
     find_images,
     load_image,
     open_dataset,
     output_suffix,
+    read_image_file,
     write_label_file,
 )
 from .persistence import load_pipeline, save_pipeline, write_config
@@ -51,6 +53,19 @@ log = logging.getLogger(__name__)
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _agreed_labels(data: Dataset, plan: Plan) -> LabelSpec:
+    """The plan's label spec, checked against what the data declares (names may differ)."""
+    declared, planned = data.label_spec, plan.label_spec
+    if declared is not None and (declared.values, declared.ignore, declared.regions) != (
+            planned.values, planned.ignore, planned.regions):
+        raise DataError(
+            f"{data.root or 'the data'}: its labels (values {list(declared.values)}, ignore {declared.ignore}, "
+            f"regions {[list(r) for r in declared.regions]}) differ from the pipeline's plan (values "
+            f"{list(planned.values)}, ignore {planned.ignore}, regions {[list(r) for r in planned.regions]}); "
+            "use the dataset the run was trained on, or declare the same classes.")
+    return planned
 
 
 class Pipeline:
@@ -113,8 +128,8 @@ class Pipeline:
         if sampler is not None and sampler.patch_size is not None:
             plan = plan.replace(patch_size=sampler.patch_size)
         self.plan = plan
-        if self.data is not None and self.data.label_spec is None:  # labels read as class indices
-            self.data = self.data.with_label_spec(plan.label_spec)
+        if self.data is not None:  # labels read as the plan's class indices
+            self.data = self.data.with_label_spec(_agreed_labels(self.data, plan))
         self.data_dims = len(plan.target_spacing)
         self.sampler = sampler or PatchSampler(patch_size=plan.patch_size)
         if self.sampler.patch_size is None:
@@ -302,22 +317,24 @@ class Pipeline:
                                      slice_axis=self.plan.slice_axis, device=self.device,
                                      activation="sigmoid" if self.plan.label_spec.is_regions else "softmax")
 
-    def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> tuple[list[float], list[float]]:
-        """Mean Dice per case on the preprocessed grid, without and with largest-component cleaning."""
-        spec, plain, cleaned = self.plan.label_spec, [], []
+    def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str], *,
+                           cleaned: bool = False) -> tuple[list[float], list[float]]:
+        """Mean Dice per case on the preprocessed grid, without (and, if ``cleaned``, with)
+        largest-component cleaning."""
+        spec, scores = self.plan.label_spec, ([], [])
         for case in val_ids:
             probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))
-            for keep, scores in ((False, plain), (True, cleaned)):
+            for keep in (False, True)[: 1 + cleaned]:
                 values = to_label_values(probabilities, spec, largest_component=keep)
-                scores.append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
-        return plain, cleaned
+                scores[keep].append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
+        return scores
 
     def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
         return float(np.nanmean(self._validation_scores(cases, val_ids)[0]))
 
     def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
         """nnU-Net's rule: keep the largest component per class (region) if that does not lower Dice."""
-        plain, cleaned = self._validation_scores(cases, val_ids)
+        plain, cleaned = self._validation_scores(cases, val_ids, cleaned=True)
         keep = float(np.mean(cleaned)) >= float(np.mean(plain))
         log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
         self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
@@ -352,7 +369,7 @@ class Pipeline:
             raise ValueError(f"labels hold the ignore value {ignore}, which a prediction never holds; "
                              "pass what predict_case returns.")
         if case is not None:
-            like = like if like is not None else self._require_data().cases[case].images[0]
+            like = like if like is not None else self._require_data().files(case).images[0]
             path = Path(path) / f"{case}{output_suffix(Path(like))}"
         written = write_label_file(labels, geometry, path)
         log.info("wrote %s", written)
@@ -367,7 +384,7 @@ class Pipeline:
         format (NIfTI for DICOM folders, PNG for 2D images) and geometry, and returns the paths;
         without, returns the label maps. Both hold the dataset's own label values.
         """
-        found = find_images(inputs, channels=self.plan.in_channels)  # CASE_0000.. grouped as the plan's channels
+        found = find_images(inputs, channels=self._files_per_case(inputs))
         results: dict[str, Any] = {}
         for case, files in found.items():
             image, geometry = load_image(files)
@@ -375,6 +392,15 @@ class Pipeline:
             results[case] = labels if output_dir is None else self.write_prediction(
                 labels, geometry, output_dir, case=case, like=files[0])
         return results
+
+    def _files_per_case(self, inputs: str | os.PathLike) -> int:
+        """How many files make one case: the plan's channels over the channels one file holds
+        (``CASE_0000``, ``CASE_0001``... for one-channel files; one RGB file for three channels)."""
+        if self.plan.in_channels == 1:
+            return 1
+        first = next(iter(find_images(inputs).values()))[0]  # files as they are, ungrouped
+        per_file = read_image_file(first)[0].shape[0]
+        return max(1, self.plan.in_channels // per_file)
 
     def predict_cases(self, case_ids: Sequence[str], output_dir: str | os.PathLike) -> dict[str, Path]:
         """Predict cases of the pipeline's data and write them into ``output_dir`` (as :meth:`predict`)."""

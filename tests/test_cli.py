@@ -105,6 +105,8 @@ def test_resume_keeps_the_saved_settings_and_flags_given_again_override(disks, t
     (["--spatial-dims", "3"], "--spatial-dims cannot change when resuming"),
     (["--architecture", "deeplabv3plus"], "--architecture cannot change when resuming"),
     (["--classes", "1=disk,2=ring"], "--classes cannot change when resuming"),
+    (["--seed", "5"], "--seed cannot change when resuming"),  # the patch stream's seed
+    (["--iterations-per-epoch", "7"], "--iterations-per-epoch cannot change when resuming"),
 ])
 def test_resume_refuses_what_a_run_cannot_change(disks, tmp_path, capsys, flags, expected):
     run = tmp_path / "run"
@@ -207,3 +209,10 @@ def test_os_errors_name_the_final_file_and_worker_errors_their_last_line():
                          "last):\n  File \"x.py\", line 1\nValueError: case d1: image is empty")
     assert _describe(wrapped) == (2, "case d1: image is empty")
     assert _describe(KeyError("d9")) == (2, "unknown case id or name 'd9'")
+
+
+def test_plan_takes_the_classes_and_modality_train_would(capsys):
+    assert main(["plan", str(SAMPLES / "hc18"), "--classes", "1=head", "--modality", "CT", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["class_names"] == ["background", "head"] and plan["normalization"] == "ct"
+    assert plan["in_channels"] == 1 and len(plan["intensity"]) == 1  # CT statistics of the one channel

@@ -105,6 +105,10 @@ def test_rgb_images_have_three_channels(tmp_path):
     _brief(pipe)
     labels = pipe.predict(tmp_path / "images")
     assert len(labels) == 8 and all(set(np.unique(v).tolist()) <= {0, 1} for v in labels.values())
+    # nnU-Net names a one-file RGB case CASE_0000.png: still one case of three channels
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "scan_0000.png").write_bytes(next((tmp_path / "images").iterdir()).read_bytes())
+    assert list(pipe.predict(tmp_path / "new")) == ["scan"]
 
 
 def test_two_channels_declared_in_dataset_json(tmp_path):

@@ -204,3 +204,16 @@ def test_cases_scores_a_test_set_among_the_references(folders):
         ("amos_0002", 1): 1.0, ("amos_0002", 2): pytest.approx(2 / 3), ("amos_0002", 3): 0.0}
     with pytest.raises(medseg.errors.DataError, match=r"no prediction for 1 of the 2 .*\['amos_0003'\]"):
         evaluate_folders(*folders, cases=["amos_0002", "amos_0003"])
+
+
+def test_masks_stored_as_0_255_score_as_the_datasets_read_them(tmp_path):
+    ref = np.zeros((10, 10), np.uint8)
+    ref[2:6, 2:6] = 255  # a 0/255 mask, as many tools save them
+    pred = (ref // 255).astype(np.uint8)  # medseg writes the class, 1
+    pred[2, 2:6] = 0  # 4 of 16 pixels missed: Dice 2*12/(12+16) = 6/7
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    _png(ref, tmp_path / "ref" / "a.png")
+    _png(pred, tmp_path / "pred" / "a.png")
+    rows = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
+    assert [(r["label"], r["dice"]) for r in rows] == [(1, pytest.approx(6 / 7))]

@@ -142,3 +142,22 @@ def test_region_and_class_losses_do_not_mix(relabelled):
     data = medseg.MSDDataset(relabelled).with_label_spec(SPEC)
     with pytest.raises(ValueError, match="trains sigmoid regions, but the plan's labels are classes"):
         medseg.Pipeline(data, loss="region_dice+region_bce", device="cpu")
+
+
+def test_data_whose_declared_labels_differ_from_the_plan_are_refused(trained, relabelled):
+    # relabelled/dataset.json declares 0/1/4 without the ignore label the run was trained with
+    with pytest.raises(medseg.DataError, match="differ from the pipeline's plan"):
+        medseg.Pipeline(medseg.MSDDataset(relabelled), plan=trained.plan, device="cpu")
+
+
+def test_test_cases_are_predicted_and_written_by_id(trained, relabelled, tmp_path):
+    import copy
+
+    data = medseg.MSDDataset(relabelled).with_label_spec(SPEC)
+    image = sorted((relabelled / "imagesTs").iterdir())[0]
+    data.test_cases = {"unseen_case": medseg.io.CaseFiles((image,))}
+    pipe = copy.copy(trained)
+    pipe.data = data
+    written = pipe.predict_cases(["unseen_case"], tmp_path)
+    assert written["unseen_case"] == tmp_path / "unseen_case.nii.gz"
+    np.testing.assert_array_equal(read_image_file(written["unseen_case"])[0][0], trained.predict(image)[image.name[:-7]])

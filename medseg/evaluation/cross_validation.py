@@ -201,7 +201,8 @@ def _overlays(data: Dataset, results: Sequence[dict[str, Any]], output_dir: Path
     for case in dict.fromkeys(chosen):
         sample = data.load(case)
         prediction = read_image_file(where[case])[0][0]
-        overlays[case] = OverlayCase(sample.image, sample.label, prediction)
+        reference = sample.label if data.label_spec is None else data.label_spec.decode(sample.label)
+        overlays[case] = OverlayCase(sample.image, reference, prediction)  # both in the dataset's values
     return overlays
 
 

@@ -29,8 +29,9 @@ import numpy as np
 from ..errors import DataError
 from ..io.cases import LABEL_SUFFIXES, find_images
 from ..io.dataset_json import read_dataset_json
+from ..io.files import full_suffix
 from ..io.labels import LabelSpec
-from ..io.readers import read_image_file
+from ..io.readers import Image2DIO, read_image_file
 from .metrics import METRIC_NAMES, compute_metrics, confusion_counts, dice_per_label, summarize
 from .tables import read_json, write_csv, write_json
 
@@ -150,11 +151,19 @@ def match_cases(
     return [(case, preds.get(case), refs[case]) for case in cases]
 
 
+def _read_label(path: Path):
+    """A label file; a 2D image mask stored as 0/255 reads as 0/1, as datasets read it."""
+    array, grid = read_image_file(path)
+    if full_suffix(path) in Image2DIO.suffixes and 255 in array and set(np.unique(array).tolist()) == {0, 255}:
+        array = array // 255
+    return array, grid
+
+
 def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    ref, ref_grid = read_image_file(ref_path)
+    ref, ref_grid = _read_label(ref_path)
     if pred_path is None:
         return np.zeros(ref.shape[1:], np.int64), ref[0].astype(np.int64), ref_grid.spacing
-    pred, _ = read_image_file(pred_path)
+    pred, _ = _read_label(pred_path)
     if pred.shape != ref.shape:
         raise DataError(f"{pred_path}: shape {pred.shape[1:]} differs from its reference {ref_path} "
                         f"({ref.shape[1:]}); resample the prediction onto the reference grid.")
@@ -258,7 +267,7 @@ def score_folders(
         for _, pred_path, ref_path in pairs:
             for path in (pred_path, ref_path):
                 if path is not None:
-                    found |= set(np.unique(read_image_file(path)[0]).astype(np.int64).tolist())
+                    found |= set(np.unique(_read_label(path)[0]).astype(np.int64).tolist())
         labels = sorted(found - {0})
     targets = targets_of(spec, labels)
     known = None if spec is None else {*spec.values, *([] if spec.ignore is None else [spec.ignore])}

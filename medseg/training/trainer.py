@@ -215,7 +215,7 @@ def train(
                     run_log.epoch_done(history, network)
                 if checkpoint is not None:
                     save_checkpoint({"model": network.state_dict(), **steps.state(), "epoch": epoch + 1,
-                                     "elapsed": record["time"], "history": history, "batch": position,
+                                     "elapsed": clock.elapsed(), "history": history, "batch": position,  # validation included
                                      "random": random_states()}, checkpoint)
                 left = _time_left(record["time"], epoch + 1 - start_epoch, config, start_epoch, spent)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)

@@ -22,15 +22,14 @@ from .inference.postprocess import to_label_values
 from .io import (
     Dataset,
     Geometry,
-    LabelSpec,
     Sample,
     find_images,
     load_image,
     open_dataset,
     output_suffix,
-    read_image_file,
     write_label_file,
 )
+from .io.cases import files_per_case
 from .persistence import load_pipeline, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
 from .preprocessing import (
@@ -53,19 +52,6 @@ log = logging.getLogger(__name__)
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _agreed_labels(data: Dataset, plan: Plan) -> LabelSpec:
-    """The plan's label spec, checked against what the data declares (names may differ)."""
-    declared, planned = data.label_spec, plan.label_spec
-    if declared is not None and (declared.values, declared.ignore, declared.regions) != (
-            planned.values, planned.ignore, planned.regions):
-        raise DataError(
-            f"{data.root or 'the data'}: its labels (values {list(declared.values)}, ignore {declared.ignore}, "
-            f"regions {[list(r) for r in declared.regions]}) differ from the pipeline's plan (values "
-            f"{list(planned.values)}, ignore {planned.ignore}, regions {[list(r) for r in planned.regions]}); "
-            "use the dataset the run was trained on, or declare the same classes.")
-    return planned
 
 
 class Pipeline:
@@ -129,7 +115,7 @@ class Pipeline:
             plan = plan.replace(patch_size=sampler.patch_size)
         self.plan = plan
         if self.data is not None:  # labels read as the plan's class indices
-            self.data = self.data.with_label_spec(_agreed_labels(self.data, plan))
+            self.data = self.data.with_label_spec(plan.label_spec.agreed_with(self.data.label_spec, self.data.root))
         self.data_dims = len(plan.target_spacing)
         self.sampler = sampler or PatchSampler(patch_size=plan.patch_size)
         if self.sampler.patch_size is None:
@@ -178,25 +164,8 @@ class Pipeline:
         return dict(getattr(network, "hparams", spec)), network
 
     def _build_loss(self, loss: nn.Module | str | dict | None) -> tuple[str | dict | None, nn.Module]:
-        regions = self.plan.label_spec.regions  # region labels train sigmoid outputs (nnU-Net's DC_and_BCE)
-        if loss is None:
-            loss = "region_dice+region_bce" if regions else "dice+ce"
-        if isinstance(loss, str) and regions:  # a name: its parts get the plan's regions
-            spec, module = loss, losses.create_region_loss(loss, regions)
-        elif isinstance(loss, (str, dict)):  # a name or a saved recipe
-            spec, module = loss, losses.loss_from_config(loss)
-        elif isinstance(loss, nn.Module):  # medseg losses record their arguments (None: custom)
-            spec, module = losses.loss_config(loss), loss
-        else:
-            raise TypeError(f"loss must be a torch.nn.Module or a name like 'dice+ce', got {type(loss).__name__}.")
-        if regions and losses.loss_activation(module) != "sigmoid":
-            raise ValueError(f"loss {spec or type(module).__name__!r} trains softmax classes, but the plan's labels "
-                             f"are regions {self.plan.label_spec.region_names} (sigmoid outputs); use "
-                             "loss='region_dice+region_bce' (the default) or another 'region_*' loss.")
-        if not regions and losses.loss_activation(module) == "sigmoid":
-            raise ValueError(f"loss {spec!r} trains sigmoid regions, but the plan's labels are classes; "
-                             "use a class loss such as 'dice+ce', or a LabelSpec with regions.")
-        return spec, module
+        return losses.build_loss(loss, regions=self.plan.label_spec.regions,
+                                 region_names=self.plan.label_spec.region_names)
 
     # -- data ---------------------------------------------------------------------------------
     def _require_data(self) -> Dataset:
@@ -384,7 +353,7 @@ class Pipeline:
         format (NIfTI for DICOM folders, PNG for 2D images) and geometry, and returns the paths;
         without, returns the label maps. Both hold the dataset's own label values.
         """
-        found = find_images(inputs, channels=self._files_per_case(inputs))
+        found = find_images(inputs, channels=files_per_case(inputs, self.plan.in_channels))
         results: dict[str, Any] = {}
         for case, files in found.items():
             image, geometry = load_image(files)
@@ -392,15 +361,6 @@ class Pipeline:
             results[case] = labels if output_dir is None else self.write_prediction(
                 labels, geometry, output_dir, case=case, like=files[0])
         return results
-
-    def _files_per_case(self, inputs: str | os.PathLike) -> int:
-        """How many files make one case: the plan's channels over the channels one file holds
-        (``CASE_0000``, ``CASE_0001``... for one-channel files; one RGB file for three channels)."""
-        if self.plan.in_channels == 1:
-            return 1
-        first = next(iter(find_images(inputs).values()))[0]  # files as they are, ungrouped
-        per_file = read_image_file(first)[0].shape[0]
-        return max(1, self.plan.in_channels // per_file)
 
     def predict_cases(self, case_ids: Sequence[str], output_dir: str | os.PathLike) -> dict[str, Path]:
         """Predict cases of the pipeline's data and write them into ``output_dir`` (as :meth:`predict`)."""

@@ -339,17 +339,7 @@ def dice_per_label(
         >>> dice_per_label(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, 2])
         {1: 0.6666666666666666, 2: 0.6666666666666666}
     """
-    prediction = _as_label_map(prediction, "prediction").ravel()
-    reference = _as_label_map(reference, "reference").ravel()
-    if prediction.shape != reference.shape:
-        raise ValueError(
-            f"prediction and reference must have the same number of voxels, got "
-            f"{prediction.size} and {reference.size}."
-        )
-    targets = _resolve_labels(prediction, reference, labels, ignore)
-    if ignore is not None:
-        kept = reference != ignore
-        prediction, reference = prediction[kept], reference[kept]
+    prediction, reference, targets = _flat_scored(prediction, reference, labels, ignore)
     if any(isinstance(target, tuple) for target in targets):
         counts = confusion_counts(prediction, reference, targets)
         return {t: _dice(c["TP"], c["n_pred"] + c["n_ref"]) for t, c in counts.items()}
@@ -376,6 +366,24 @@ def dice_per_label(
     return result
 
 
+def _flat_scored(
+    prediction: object, reference: object, labels: Iterable[Target] | None, ignore: int | None
+) -> tuple[np.ndarray, np.ndarray, list[Target]]:
+    """Both maps flattened, without the voxels the reference ignores, and the targets to score."""
+    prediction = _as_label_map(prediction, "prediction").ravel()
+    reference = _as_label_map(reference, "reference").ravel()
+    if prediction.shape != reference.shape:
+        raise ValueError(
+            f"prediction and reference must have the same number of voxels, got "
+            f"{prediction.size} and {reference.size}."
+        )
+    targets = _resolve_labels(prediction, reference, labels, ignore)
+    if ignore is not None:
+        kept = reference != ignore
+        prediction, reference = prediction[kept], reference[kept]
+    return prediction, reference, targets
+
+
 def _dice(tp: int, total: int) -> float:
     """``2 tp / (n_pred + n_ref)``; 1.0 when both masks are empty."""
     return 1.0 if total == 0 else float(2.0 * tp / total)
@@ -392,17 +400,7 @@ def confusion_counts(
         >>> confusion_counts(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [1, (1, 2)])[1]
         {'TP': 1, 'FP': 1, 'FN': 0, 'TN': 2, 'n_pred': 2, 'n_ref': 1}
     """
-    prediction = _as_label_map(prediction, "prediction").ravel()
-    reference = _as_label_map(reference, "reference").ravel()
-    if prediction.shape != reference.shape:
-        raise ValueError(
-            f"prediction and reference must have the same number of voxels, got "
-            f"{prediction.size} and {reference.size}."
-        )
-    targets = _resolve_labels(prediction, reference, labels, ignore)
-    if ignore is not None:
-        kept = reference != ignore
-        prediction, reference = prediction[kept], reference[kept]
+    prediction, reference, targets = _flat_scored(prediction, reference, labels, ignore)
     counts = {}
     for target in targets:
         pred, ref = _mask(prediction, target), _mask(reference, target)

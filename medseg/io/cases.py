@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..errors import DataError
 from .files import case_id_of, check_case_id
-from .readers import READERS
+from .readers import READERS, read_image_file
 
-__all__ = ["LABEL_SUFFIXES", "CaseFiles", "find_images", "image_files", "is_image", "match_labels"]
+__all__ = ["LABEL_SUFFIXES", "CaseFiles", "files_per_case", "find_images", "image_files", "is_image", "match_labels"]
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 LABEL_SUFFIXES = ("_mask", "_label", "_labels", "_seg", "_segmentation")
@@ -177,3 +177,13 @@ def match_labels(
             f"like its image, optionally with a suffix {', '.join(LABEL_SUFFIXES)}.{hint}"
         )
     return {check_case_id(case, files[0]): CaseFiles(files, labels[case]) for case, files in images.items()}
+
+
+def files_per_case(inputs: str | os.PathLike, channels: int) -> int:
+    """How many files make one case of ``channels`` image channels in ``inputs``: the channels
+    over those one file holds (``CASE_0000``, ``CASE_0001``... of one-channel files; one RGB file
+    for three channels). The value :func:`find_images` takes as ``channels``."""
+    if channels == 1:
+        return 1
+    first = next(iter(find_images(inputs).values()))[0]
+    return max(1, channels // read_image_file(first)[0].shape[0])

@@ -110,6 +110,21 @@ class LabelSpec:
         """Whether encoding changes nothing (values ``0..K-1``, no ignore label)."""
         return self.values == tuple(range(len(self.values))) and self.ignore is None
 
+    def agreed_with(self, declared: LabelSpec | None, source: object = "the data") -> LabelSpec:
+        """This spec, once checked against what a dataset declares (names may differ).
+
+        Raises:
+            DataError: naming ``source`` when the values, ignore label or regions differ.
+        """
+        if declared is not None and (declared.values, declared.ignore, declared.regions) != (
+                self.values, self.ignore, self.regions):
+            raise DataError(
+                f"{source}: its labels (values {list(declared.values)}, ignore {declared.ignore}, regions "
+                f"{[list(r) for r in declared.regions]}) differ from the pipeline's plan (values "
+                f"{list(self.values)}, ignore {self.ignore}, regions {[list(r) for r in self.regions]}); "
+                "use the dataset the run was trained on, or declare the same classes.")
+        return self
+
     # -- value maps ----------------------------------------------------------------------------
     def encode(self, label: np.ndarray, *, source: object = "label") -> np.ndarray:
         """Dataset values -> class indices (``IGNORE_INDEX`` for the ignore label), int8/int16.

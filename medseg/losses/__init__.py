@@ -59,6 +59,7 @@ __all__ = [
     "SensitivitySpecificityLoss",
     "TopKLoss",
     "TverskyLoss",
+    "build_loss",
     "create_loss",
     "create_region_loss",
     "kervadec_schedule",
@@ -217,3 +218,45 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _plain(v) for k, v in value.items()}
     raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def build_loss(
+    loss: nn.Module | str | dict | None,
+    *,
+    regions: Sequence[Sequence[int]] = (),
+    region_names: Sequence[str] = (),
+) -> tuple[str | dict[str, Any] | None, Loss | nn.Module]:
+    """The loss a Pipeline trains with, and the recipe it saves.
+
+    Args:
+        loss: a module, a name (``"dice+ce"``), a saved recipe, or ``None`` for the default:
+            ``"dice+ce"`` for classes, ``"region_dice+region_bce"`` (nnU-Net's DC_and_BCE) for
+            region labels, whose sigmoid outputs need a region loss.
+        regions: the plan's regions (class indices per region); empty for softmax classes.
+        region_names: their names, for messages.
+
+    Returns:
+        ``(recipe, module)``; the recipe is ``None`` for a custom module that cannot be recorded.
+
+    Raises:
+        ValueError: a class loss for region labels, or a region loss for classes.
+    """
+    if loss is None:
+        loss = "region_dice+region_bce" if regions else "dice+ce"
+    if isinstance(loss, str) and regions:  # a name: its parts get the plan's regions
+        spec, module = loss, create_region_loss(loss, regions)
+    elif isinstance(loss, (str, dict)):  # a name or a saved recipe
+        spec, module = loss, loss_from_config(loss)
+    elif isinstance(loss, nn.Module):  # medseg losses record their arguments (None: custom)
+        spec, module = loss_config(loss), loss
+    else:
+        raise TypeError(f"loss must be a torch.nn.Module or a name like 'dice+ce', got {type(loss).__name__}.")
+    activation = loss_activation(module)
+    if regions and activation != "sigmoid":
+        raise ValueError(f"loss {spec or type(module).__name__!r} trains softmax classes, but the plan's labels "
+                         f"are regions {list(region_names)} (sigmoid outputs); use "
+                         "loss='region_dice+region_bce' (the default) or another 'region_*' loss.")
+    if not regions and activation == "sigmoid":
+        raise ValueError(f"loss {spec!r} trains sigmoid regions, but the plan's labels are classes; "
+                         "use a class loss such as 'dice+ce', or a LabelSpec with regions.")
+    return spec, module

@@ -11,8 +11,6 @@ import argparse
 import errno
 import json
 import logging
-import os
-import re
 import shutil
 import sys
 import traceback
@@ -33,7 +31,6 @@ __all__ = ["build_parser", "main"]
 
 # the files a training run writes into --out (removed by --overwrite)
 _RUN_FILES = ("pipeline.json", "model.pt", "checkpoint.pt", "model_best.pt", "log.csv")
-_TEMP = re.compile(r"^\.tmp-(\d+)-")  # medseg.io.files.atomic_path's temporary names
 
 
 def _open_data(args: argparse.Namespace) -> Any:
@@ -113,24 +110,10 @@ def _resumed_pipeline(data: Any, settings: dict[str, Any], args: argparse.Namesp
 # --- output folders -------------------------------------------------------------------------------
 
 
-def _remove_stale_temp(folder: Path) -> None:
-    """Delete temporary files a killed medseg left under ``folder`` (their writer is gone)."""
-    for path in folder.rglob(".tmp-*") if folder.is_dir() else ():
-        match = _TEMP.match(path.name)
-        if match and path.is_file() and not _alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
+def _clean_temporaries(folder: Path) -> None:
+    from .io.files import remove_stale_temporaries
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process writes no temporary file before it cleans up
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    remove_stale_temporaries(folder)
 
 
 def _claim_run_folder(out: Path, *, resume: bool, overwrite: bool, clear: bool) -> None:
@@ -145,7 +128,7 @@ def _claim_run_folder(out: Path, *, resume: bool, overwrite: bool, clear: bool) 
     if clear:
         for name in existing if overwrite else ():
             (out / name).unlink()
-        _remove_stale_temp(out)
+        _clean_temporaries(out)
 
 
 def _claim_cv_folder(out: Path, *, overwrite: bool) -> None:
@@ -156,7 +139,7 @@ def _claim_cv_folder(out: Path, *, overwrite: bool) -> None:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    _remove_stale_temp(out)
+    _clean_temporaries(out)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -172,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
         _print_config(pipe)
         return 0
     _claim_run_folder(out, resume=args.resume, overwrite=args.overwrite, clear=True)
-    _remove_stale_temp(pipe.preprocessed_cases().root)  # a killed run's half-written cache files
+    _clean_temporaries(pipe.preprocessed_cases().root)  # a killed run's half-written cache files
     print(pipe.plan)
     train_ids, val_ids = (pipe.split.get("train"), pipe.split.get("val")) if resume else (None, None)
     pipe.fit(train_ids, val_ids, val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
@@ -208,7 +191,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     _check_device(args.device)
     pipe = Pipeline.load(args.run, device=args.device)
-    _remove_stale_temp(Path(args.out))
+    _clean_temporaries(Path(args.out))
     if args.mirror:
         pipe.inference = InferenceConfig(**{**pipe.inference.to_dict(), "mirror": True})
     if args.split:
@@ -278,7 +261,7 @@ def _cv(args: argparse.Namespace) -> int:
         return 0
     print(pipe.plan)
     _claim_cv_folder(out, overwrite=args.overwrite)
-    _remove_stale_temp(pipe.preprocessed_cases().root)
+    _clean_temporaries(pipe.preprocessed_cases().root)
     summary = cross_validate(pipe, folds=args.folds, output_dir=out, seed=pipe.training.seed)
     names = pipe.plan.label_spec.scored  # the summary is keyed by dataset value (or region)
     for label, dice in summary["mean_dice"].items():
@@ -370,10 +353,11 @@ def _one_line(message: str) -> str:
 def _describe(error: BaseException) -> tuple[int, str]:
     """Exit status and one-line message: 2 for what a user can fix, 1 for an internal error."""
     from .errors import MedsegError
+    from .io.files import final_path
 
     if isinstance(error, OSError) and error.strerror:
         where = Path(str(error.filename)) if error.filename else None
-        prefix = f"{where.with_name(_TEMP.sub('', where.name))}: " if where else ""
+        prefix = f"{final_path(where)}: " if where else ""
         hint = {errno.ENOSPC: "; free some disk space and rerun (finished outputs are kept)",
                 errno.EACCES: "; check that you may write there", errno.EROFS: "; the file system is read-only",
                 errno.EPERM: "; check that you may write there"}.get(error.errno or 0, "")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["atomic_path", "case_id_of", "check_case_id", "full_suffix"]
+__all__ = ["atomic_path", "case_id_of", "check_case_id", "final_path", "full_suffix", "remove_stale_temporaries"]
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
 
@@ -69,3 +70,34 @@ def check_case_id(case_id: str, source: object = "dataset") -> str:
     if problem:
         raise DataError(f"{source}: case id {case_id!r} {problem}; case ids name files, so rename the case.")
     return case_id
+
+
+_TEMPORARY = re.compile(r"^\.tmp-(\d+)-")  # the names atomic_path writes to
+
+
+def final_path(path: str | os.PathLike) -> Path:
+    """The file a temporary path of :func:`atomic_path` stands in for (others unchanged)."""
+    path = Path(path)
+    return path.with_name(_TEMPORARY.sub("", path.name))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files of :func:`atomic_path` under ``folder`` whose writer is gone
+    (a killed run's half-written files; they never stand under a final name)."""
+    folder = Path(folder)
+    for path in folder.rglob(".tmp-*") if folder.is_dir() else ():
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes no temporary file before it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

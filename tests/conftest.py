@@ -52,3 +52,15 @@ def batch(request: pytest.FixtureRequest):
     from loss_cases import SHAPES, make_batch
 
     return make_batch(SHAPES[request.param])
+
+
+def write_disk_folder(root: Path, n: int, seed: int, digits: int = 1) -> Path:
+    """``root/images/d<i>.png`` and ``root/masks/d<i>_mask.png``: :func:`disk_images` as a folder pair."""
+    import SimpleITK as sitk
+
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(disk_images(n, seed=seed)):
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i:0{digits}d}.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i:0{digits}d}_mask.png"))
+    return root

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import yaml
 
 from medseg.cli import _describe, main
-from tests.conftest import SAMPLES, disk_images
+from tests.conftest import SAMPLES, write_disk_folder
 
 _TINY = "architecture: {name: unet, spatial_dims: 2, in_channels: 1, out_channels: 2, features: [4, 8]}\n"
 
@@ -21,11 +21,7 @@ _TINY = "architecture: {name: unet, spatial_dims: 2, in_channels: 1, out_channel
 def disks(tmp_path_factory):
     """6 noisy disk images with masks, and settings for a tiny U-Net (tiny.yaml beside them)."""
     root = tmp_path_factory.mktemp("cli-disks") / "disks"
-    for folder in ("images", "masks"):
-        (root / folder).mkdir(parents=True)
-    for i, (image, label) in enumerate(disk_images(6, seed=2)):
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i}.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i}_mask.png"))
+    write_disk_folder(root, 6, seed=2)
     (root.parent / "tiny.yaml").write_text(_TINY)
     return root
 

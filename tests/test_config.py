@@ -6,23 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import SimpleITK as sitk
 import yaml
 
 from medseg.cli import main
 from medseg.config import merge_settings, read_settings, resume_conflicts
 from medseg.errors import DataError
-from tests.conftest import disk_images
+from tests.conftest import write_disk_folder
 
 
 @pytest.fixture(scope="module")
 def disks(tmp_path_factory):
     root = tmp_path_factory.mktemp("config-disks")
-    for folder in ("images", "masks"):
-        (root / folder).mkdir()
-    for i, (image, label) in enumerate(disk_images(6, seed=11)):
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i}.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i}_mask.png"))
+    write_disk_folder(root, 6, seed=11)
     return root
 
 

@@ -7,7 +7,6 @@ import itertools
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 import medseg
@@ -15,7 +14,7 @@ from medseg.architectures import ARCHITECTURES, GatedSCNN, UNet, create_architec
 from medseg.io import FolderDataset
 from medseg.losses import LOSSES, create_loss, create_region_loss, loss_activation
 from medseg.training import TrainingConfig, load_checkpoint, train
-from tests.conftest import disk_images
+from tests.conftest import write_disk_folder
 from tests.test_architectures import NEEDS_EINOPS, _small_kwargs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -82,11 +81,7 @@ def test_gated_scnn_consistency_term_is_finite_under_float16_autocast():
 @pytest.fixture(scope="module")
 def disks(tmp_path_factory):
     root = tmp_path_factory.mktemp("disks")
-    for folder in ("images", "masks"):
-        (root / folder).mkdir()
-    for i, (image, label) in enumerate(disk_images(8, seed=0)):
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i}.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i}_mask.png"))
+    write_disk_folder(root, 8, seed=0)
     return root
 
 

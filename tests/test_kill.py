@@ -27,7 +27,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.conftest import ROOT, disk_images
+from tests.conftest import ROOT, write_disk_folder
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
 
@@ -59,11 +59,7 @@ _TIMEOUT = 120  # seconds a start may take before the test fails (CI runs each i
 def disks(tmp_path: Path) -> Path:
     """8 noisy 64 x 48 disk images with masks, and a settings file for a tiny U-Net."""
     root = tmp_path / "disks"
-    for folder in ("images", "masks"):
-        (root / folder).mkdir(parents=True)
-    for i, (image, label) in enumerate(disk_images(8, seed=5)):
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i}.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i}_mask.png"))
+    write_disk_folder(root, 8, seed=5)
     (tmp_path / "tiny.yaml").write_text(_SETTINGS)
     return root
 

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 import medseg
@@ -25,17 +24,13 @@ from medseg.losses import (
 from medseg.losses.base import as_labels
 from medseg.preprocessing.cache import PreprocessedCases
 from medseg.sampling import PatchSampler, PatchStream, create_augmentation, make_loader
-from tests.conftest import disk_images
+from tests.conftest import write_disk_folder
 
 
 @pytest.fixture(scope="module")
 def disks(tmp_path_factory):
     root = tmp_path_factory.mktemp("disks")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for i, (image, label) in enumerate(disk_images(10, seed=0)):
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i:02d}.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i:02d}_mask.png"))
+    write_disk_folder(root, 10, seed=0, digits=2)
     return root
 
 

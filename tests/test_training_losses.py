@@ -6,22 +6,17 @@ import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 import medseg
 from medseg.cli import main
 from medseg.losses import LOSSES
-from tests.conftest import SAMPLES, disk_images
+from tests.conftest import SAMPLES, write_disk_folder
 
 
 @pytest.fixture(scope="module")
 def disks(tmp_path_factory):
     root = tmp_path_factory.mktemp("disks")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for i, (image, label) in enumerate(disk_images(6, seed=1)):
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i}.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i}_mask.png"))
+    write_disk_folder(root, 6, seed=1)
     return root
 
 

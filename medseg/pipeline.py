@@ -337,8 +337,11 @@ class Pipeline:
         if ignore is not None and np.any(labels == ignore):
             raise ValueError(f"labels hold the ignore value {ignore}, which a prediction never holds; "
                              "pass what predict_case returns.")
+        if case is not None and like is None:  # the dataset's own format (a VOC palette PNG, a NIfTI...)
+            written = self._require_data().write_prediction(labels, geometry, path, case)
+            log.info("wrote %s", written)
+            return written
         if case is not None:
-            like = like if like is not None else self._require_data().files(case).images[0]
             path = Path(path) / f"{case}{output_suffix(Path(like))}"
         written = write_label_file(labels, geometry, path)
         log.info("wrote %s", written)

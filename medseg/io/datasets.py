@@ -22,7 +22,7 @@ from .cases import CaseFiles, find_images, glob_escape, image_files, match_label
 from .dataset_json import DatasetJson, read_dataset_json
 from .files import case_id_of, check_case_id, full_suffix
 from .labels import LabelSpec
-from .readers import Image2DIO, read_image_file
+from .readers import Image2DIO, output_suffix, read_image_file, write_label_file
 from .sample import Geometry, Sample
 
 __all__ = ["CaseFiles", "Dataset", "FolderDataset", "MSDDataset", "find_images", "load_image", "open_dataset"]
@@ -138,6 +138,15 @@ class Dataset:
             raise DataError(f"{self.root or 'dataset'}: no case {case_id!r}; the dataset has {len(self)} cases, "
                             f"e.g. {self.case_ids[:3]}.")
         return files
+
+    def write_prediction(self, labels: np.ndarray, geometry: Geometry, folder: str | os.PathLike,
+                         case: str) -> Path:
+        """Write a predicted label map (dataset values) of ``case`` into ``folder`` in this
+        dataset's own file format: here ``<case><suffix>`` in the format of the case's first image
+        (NIfTI for DICOM, PNG for 2D). Benchmark formats override it (palette PNGs, label ids...).
+        """
+        like = self.files(case).images[0]
+        return write_label_file(labels, geometry, Path(folder) / f"{case}{output_suffix(like)}")
 
     def load(self, case_id: str) -> Sample:
         """Read one case, checking it: finite image, declared channels, label on the image's grid,
@@ -370,13 +379,22 @@ def _override(manifest: Path, name: str, given, declared):
     return given
 
 
-def open_dataset(path: str | os.PathLike, **kwargs) -> Dataset:
-    """An MSD/nnU-Net folder if ``path`` holds ``dataset.json``, else a folder pair dataset.
+def open_dataset(path: str | os.PathLike, format: str | None = None, **kwargs) -> Dataset:  # noqa: A002
+    """The dataset in folder ``path``, its layout detected (or named by ``format``).
+
+    A benchmark layout (:mod:`medseg.io.formats`: ``format_names()``) if ``path`` has one, an
+    MSD/nnU-Net folder if it holds ``dataset.json``, else a folder pair dataset.
 
     Keyword arguments (``classes``, ``modality``, ``group_pattern``, and for folder pairs
-    ``labels``) go to :class:`MSDDataset` or :class:`FolderDataset`.
+    ``labels``) go to the dataset class.
     """
+    from .formats import detect_format, format_class
+
     path = Path(path)
+    if format is None:
+        format = detect_format(path)  # noqa: A001
+    if format is not None:
+        return format_class(format)(path, **kwargs)
     if (path / "dataset.json").is_file():
         return MSDDataset(path, **kwargs)
     if (path / "images").is_dir():

@@ -11,7 +11,6 @@ import argparse
 import errno
 import json
 import logging
-import shutil
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,8 @@ from typing import Any
 
 from .cli_options import (
     Parser,
+    add_fold_flags,
+    add_part_flags,
     add_settings_flags,
     flag_of,
     parse_classes,
@@ -37,7 +38,7 @@ def _open_data(args: argparse.Namespace) -> Any:
     from .io import open_dataset
 
     options = {"group_pattern": getattr(args, "group_pattern", None), "modality": args.modality,
-               "classes": args.classes}
+               "classes": args.classes, "format": getattr(args, "format", None)}  # --format: else detected
     return open_dataset(args.data, **{k: v for k, v in options.items() if v is not None})
 
 
@@ -131,17 +132,6 @@ def _claim_run_folder(out: Path, *, resume: bool, overwrite: bool, clear: bool) 
         _clean_temporaries(out)
 
 
-def _claim_cv_folder(out: Path, *, overwrite: bool) -> None:
-    """``--overwrite`` deletes a cross-validation's files; otherwise a rerun resumes it."""
-    if overwrite and out.is_dir():
-        for path in [out / "cv.json", out / "report", *out.glob("fold_*")]:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    _clean_temporaries(out)
-
-
 def _train(args: argparse.Namespace) -> int:
     out = _out_folder(args)
     _check_device(args.device)
@@ -154,16 +144,22 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         _print_config(pipe)
         return 0
-    _claim_run_folder(out, resume=args.resume, overwrite=args.overwrite, clear=True)
-    _clean_temporaries(pipe.preprocessed_cases().root)  # a killed run's half-written cache files
-    print(pipe.plan)
+    from .training import distributed
+
+    world, _ = distributed.setup(pipe.device)  # under torchrun: join the run's processes (DDP)
+    if world.is_main:  # the others wait at the barrier while rank 0 claims the folder
+        _claim_run_folder(out, resume=args.resume, overwrite=args.overwrite, clear=True)
+        _clean_temporaries(pipe.preprocessed_cases().root)  # a killed run's half-written cache files
+        print(pipe.plan)
+    distributed.barrier()
     train_ids, val_ids = (pipe.split.get("train"), pipe.split.get("val")) if resume else (None, None)
-    pipe.fit(train_ids, val_ids, val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+    pipe.fit(train_ids, val_ids, val_fraction=args.val_fraction,  # None: the format's split, else 0.2
              output_dir=out, resume=args.resume)
-    if pipe.split.get("val"):
-        scores = pipe.evaluate()
-        _print_dice(scores, pipe.plan.label_spec.scored)
-    print(f"saved to {out}")
+    distributed.shutdown()
+    if pipe.split.get("val") and world.is_main:
+        _print_dice(pipe.evaluate(), pipe.plan.label_spec.scored)
+    if world.is_main:
+        print(f"saved to {out}")
     return 0
 
 
@@ -185,13 +181,17 @@ def _print_dice(scores: dict, names: Mapping[int, str]) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .cli_parallel import predict_device, predict_part
     from .inference import InferenceConfig
     from .io import open_dataset
     from .pipeline import Pipeline
+    from .training.distributed import shard
 
+    part = predict_part(args)  # (k, n) under torchrun or with --part K --parts N: every n-th case from k
     _check_device(args.device)
-    pipe = Pipeline.load(args.run, device=args.device)
-    _clean_temporaries(Path(args.out))
+    pipe = Pipeline.load(args.run, device=predict_device(args.device))
+    if part is None:  # else other processes, maybe on other hosts, write temporaries into --out now
+        _clean_temporaries(Path(args.out))
     if args.mirror:
         pipe.inference = InferenceConfig(**{**pipe.inference.to_dict(), "mirror": True})
     if args.split:
@@ -200,10 +200,12 @@ def _predict(args: argparse.Namespace) -> int:
         if not cases:
             raise ValueError(f"{args.run}: the run has no {args.split!r} split; predict a folder instead.")
         pipe.data = data.with_label_spec(pipe.plan.label_spec)  # read as the run was trained
-        pipe.predict_cases(cases, args.out)
+        cases = cases if part is None else shard(sorted(cases), *part)
+        pipe.predict_cases(cases, args.out, save_probabilities=args.save_probabilities, probability_maps=args.probability_maps)
         print(f"wrote {len(cases)} predictions to {args.out}")
         return 0
-    written = pipe.predict(args.input, args.out)
+    written = pipe.predict(args.input, args.out, save_probabilities=args.save_probabilities, probability_maps=args.probability_maps,
+                           part=part)
     print(f"wrote {len(written)} predictions to {args.out}")
     return 0
 
@@ -211,7 +213,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .evaluation import folders
+    from .evaluation import confusion, folders
 
     labels, spec, source = folders.resolve_classes(args.labels, args.run, args.references)
     missing = "empty" if args.allow_missing else "skip" if args.predicted_only else "error"
@@ -222,12 +224,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     for target in targets:
         values = [float(r["dice"]) for r in rows if r["label"] == target.key]
         print(f"label {target.key}: mean Dice {np.mean(values):.4f} over {len(values)} cases")
-    print(f"mean Dice over labels: {np.mean([float(r['dice']) for r in rows]):.4f}")
+    block = folders.dataset_block(targets, scores, None if spec is None else dict(zip(spec.values, spec.names)))
+    print(f"mean Dice over labels: {np.mean([float(r['dice']) for r in rows]):.4f}"
+          + confusion.describe_dataset_block(block))  # mean IoU, pixel accuracy: the matrix summed over cases
     if args.out:
         json_out = str(args.out).lower().endswith(".json")
         written = (folders.write_summary_json(targets, scores, args.out) if json_out
                    else folders.write_metrics_csv(rows, args.out))
-        print(f"wrote {written}")
+        print(f"wrote {written}" + ("" if block is None else f", {folders.write_dataset_block(block, args.out)}"))
     return 0
 
 
@@ -250,8 +254,7 @@ def _architectures(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from .evaluation import cross_validate
-    from .evaluation.plots import label_title
+    from .cli_parallel import run_cv  # all folds, --fold K or --report; --overwrite there
 
     out = _out_folder(args)
     _check_device(args.device)
@@ -260,14 +263,7 @@ def _cv(args: argparse.Namespace) -> int:
         _print_config(pipe)
         return 0
     print(pipe.plan)
-    _claim_cv_folder(out, overwrite=args.overwrite)
-    _clean_temporaries(pipe.preprocessed_cases().root)
-    summary = cross_validate(pipe, folds=args.folds, output_dir=out, seed=pipe.training.seed)
-    names = pipe.plan.label_spec.scored  # the summary is keyed by dataset value (or region)
-    for label, dice in summary["mean_dice"].items():
-        print(f"  mean Dice {label_title(label, names)}: {dice:.4f}")
-    print(f"report: {summary['report']}")
-    return 0
+    return run_cv(pipe, out, args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -284,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train on an MSD/nnU-Net folder or images/ + labels/")
     add_settings_flags(train)
     train.add_argument("--out", default=None, help="run folder: checkpoint, pipeline, split")
-    train.add_argument("--val-fraction", type=float, default=None, help="held-out share (default 0.2; 0: none)")
+    train.add_argument("--val-fraction", type=float, default=None, help="held-out share (default: the format's split, else 0.2; 0: none)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out with its saved settings")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     train.set_defaults(func=_train)
@@ -293,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(cv, per_fold=True)
     cv.add_argument("--out", default=None, help="run folder (folds, predictions, report)")
     cv.add_argument("--folds", type=int, default=5)
-    cv.add_argument("--overwrite", action="store_true", help="delete the cross-validation in --out and start again")
+    cv.add_argument("--overwrite", action="store_true", help="delete the cross-validation in --out (with --fold: that fold) and start again")
+    add_fold_flags(cv)
     cv.set_defaults(func=_cv)
 
     predict = sub.add_parser("predict", help="predict a file or folder with a trained run")
@@ -302,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--split", default=None, choices=("val", "train"), help="predict the run's split of the dataset INPUT")
     predict.add_argument("--mirror", action="store_true", help="mirroring test-time augmentation")
+    predict.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz: softmax (region sigmoids) on the input grid")
+    predict.add_argument("--probability-maps", action="store_true", help="also write <case>.npz and <case>_prob_<class>.nii.gz per channel")
     predict.add_argument("--device", default=None)
+    add_part_flags(predict)
     predict.set_defaults(func=_predict)
 
     evaluate = sub.add_parser("evaluate", help="score predictions against references")
@@ -329,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (as pipeline.json holds it)")
     plan.add_argument("--modality", type=parse_names, default=None, help="one name per channel: CT, or T1,T2")
     plan.add_argument("--classes", type=parse_classes, default=None, help="label values and names: 1=liver,2=tumour")
+    plan.add_argument("--format", default=None, help="dataset layout: voc, cityscapes, camvid, coco (default: detected)")
     plan.set_defaults(func=_plan)
 
+    __import__("medseg.cli_export").cli_export.add_parser(sub)  # medseg export (parser and handler there)
     archs = sub.add_parser("architectures", help="list the architectures")
     archs.add_argument("--spatial-dims", type=int, choices=(2, 3), default=3)
     archs.set_defaults(func=_architectures)
@@ -339,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--time-limit", type=float, default=150.0)
     demo.set_defaults(func=_demo)
+    __import__("medseg.cli_review").cli_review.add_parser(sub)  # medseg review init/next/ingest/retrain
     return parser
 
 

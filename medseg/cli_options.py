@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["Parser", "add_settings_flags", "flag_of", "parse_classes", "parse_names", "settings_from_args"]
+__all__ = ["Parser", "add_fold_flags", "add_part_flags", "add_settings_flags", "flag_of", "parse_classes", "parse_names",
+           "settings_from_args"]
 
 # argparse dest -> (settings section, key); the sections are pipeline.json's (see medseg.config)
 _SETTING_FLAGS = {
@@ -108,6 +109,7 @@ class Parser(argparse.ArgumentParser):
 def add_settings_flags(parser: argparse.ArgumentParser, *, per_fold: bool = False) -> None:
     """The flags ``train`` and ``cv`` share; unset ones come from --config, the saved run or the plan."""
     parser.add_argument("data", help="the dataset folder")
+    parser.add_argument("--format", default=None, help="dataset layout: voc, cityscapes, camvid, coco (default: detected)")
     parser.add_argument("--config", default=None, help="YAML/JSON settings (pipeline.json's sections); flags win")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     parser.add_argument("--epochs", type=_positive(int), default=None)
@@ -132,3 +134,17 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, per_fold: bool = Fals
                         help="label values and names: 1=liver,2=tumour (0 is the background)")
     parser.add_argument("--group-pattern", default=None,
                         help=r"regex whose group 1 is a case's subject, kept on one side of splits (e.g. '^(\d+)_')")
+
+
+def add_fold_flags(parser: argparse.ArgumentParser) -> None:
+    """``medseg cv``'s flags for folds in separate processes: ``--fold K``, ``--report``."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--fold", type=int, default=None,
+                       help="train and score fold K only (0..folds-1), e.g. one per GPU or node at once")
+    which.add_argument("--report", action="store_true", help="build the report once every fold is done")
+
+
+def add_part_flags(parser: argparse.ArgumentParser) -> None:
+    """``medseg predict``'s ``--part K --parts N``: this process predicts every N-th case from K."""
+    parser.add_argument("--part", type=int, default=None, help="predict part K (0..N-1) of the cases (with --parts)")
+    parser.add_argument("--parts", type=int, default=None, help="split the cases into N parts (e.g. one per machine)")

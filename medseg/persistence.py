@@ -87,6 +87,8 @@ def load_pipeline(
     if not config_path.is_file():
         raise DataError(f"{folder}: no pipeline.json; is this a folder written by Pipeline.save or medseg train?")
     config = json.loads(config_path.read_text())
+    exported = _exported_networks(folder, config, device)  # an export folder (medseg export): no weights
+    architecture = exported[0] if exported else architecture
     spec = config["architecture"]
     if architecture is None and spec is None:
         raise MedsegError(f"{folder}: the network was a custom module; pass it as `architecture=`.")
@@ -101,14 +103,24 @@ def load_pipeline(
         inference=InferenceConfig(**config["inference"]),
         device=device,
     )
-    if weights:
+    if weights and not exported:
         found = folder / "model.pt" if (folder / "model.pt").is_file() else folder / "checkpoint.pt"
         pipe.network.load_state_dict(load_checkpoint(found)["model"])
     pipe.network.to(pipe.device)
     pipe.split, pipe.history = config.get("split", {}), config.get("history", [])
+    pipe.ensemble.extend(exported[1:])  # an exported fold ensemble
     if loss is None and isinstance(pipe.loss, _UnsavedLoss):
         pipe.loss_spec = config["loss"]  # saved again as it came
     return pipe
+
+
+def _exported_networks(folder: Path, config: dict[str, Any], device: str | None) -> list[nn.Module]:
+    """The networks of an export folder (its ``pipeline.json`` has an ``"export"`` entry); none for a run."""
+    if "export" not in config:
+        return []
+    from .inference.exported import load_exported_networks
+
+    return load_exported_networks(folder, config["export"], device=device)
 
 
 class _UnsavedLoss(nn.Module):

@@ -19,6 +19,7 @@ from .evaluation.scoring import score_prediction
 from .evaluation.splits import split_validation
 from .inference import InferenceConfig, predict_probabilities
 from .inference.postprocess import to_label_values
+from .inference.probabilities import invert_probabilities, write_probabilities
 from .io import (
     Dataset,
     Geometry,
@@ -30,6 +31,8 @@ from .io import (
     write_label_file,
 )
 from .io.cases import files_per_case
+from .io.files import case_id_of
+from .io.formats import detect_format
 from .persistence import load_pipeline, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
 from .preprocessing import (
@@ -37,13 +40,15 @@ from .preprocessing import (
     CTNormalize,
     Pad,
     Resample,
+    RGBNormalize,
     Step,
     ZScore,
     preprocess,
 )
 from .preprocessing.cache import PreprocessedCases
 from .sampling import PatchSampler, PatchStream, create_augmentation, make_loader
-from .training import TrainingConfig, train
+from .training import TrainingConfig, distributed, train
+from .training.distributed import shard
 
 __all__ = ["Pipeline"]
 
@@ -130,6 +135,8 @@ class Pipeline:
 
     # -- construction -----------------------------------------------------------------------
     def _default_steps(self) -> list[Step]:
+        if self.plan.normalization == "imagenet":  # photographs: pixels as they are (no crop, no resampling)
+            return [RGBNormalize(), Pad(min_shape=self.sampler.data_patch(self.data_dims))]
         normalize: Step = CTNormalize() if self.plan.normalization == "ct" else ZScore()
         return [CropForeground(), Resample(spacing=self.plan.target_spacing, keep_axis=self.plan.slice_axis), normalize,
                 Pad(min_shape=self.sampler.data_patch(self.data_dims))]
@@ -179,10 +186,16 @@ class Pipeline:
         return PreprocessedCases(self._require_data(), self.preprocessing, cache_dir=self.cache_dir)
 
     def split_cases(self, train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
-                    val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-        """The (train, validation) case ids :meth:`fit` uses: the ids given, or ``val_fraction`` of
-        the cases held out (a subject's cases on one side), seeded by ``training.seed``."""
+                    val_fraction: float | None = None) -> tuple[list[str], list[str]]:
+        """The (train, validation) case ids :meth:`fit` uses: the ids given, else the dataset's
+        official split (VOC ImageSets, Cityscapes/CamVid train and val) unless ``val_fraction`` is
+        given, else ``val_fraction`` (default 0.2) of the cases held out (a subject's cases on one
+        side), seeded by ``training.seed``."""
         data = self._require_data()
+        official = getattr(data, "official_split", None)
+        if train_ids is None and val_ids is None and val_fraction is None and official:
+            return list(official["train"]), list(official.get("val", []))
+        val_fraction = 0.2 if val_fraction is None else val_fraction
         if train_ids is None:
             if val_ids is None:
                 if val_fraction <= 0:
@@ -204,11 +217,12 @@ class Pipeline:
         epochs: int | None = None,
         iterations_per_epoch: int | None = None,
         time_limit: float | None = None,
-        val_fraction: float = 0.2,
+        val_fraction: float | None = None,
         output_dir: str | os.PathLike | None = None,
         resume: bool = False,
     ) -> list[dict[str, float]]:
-        """Train. Without ids, ``val_fraction`` of the cases (grouped by subject) are held out.
+        """Train. Without ids, the dataset's official split (a VOC, Cityscapes or CamVid folder's),
+        else ``val_fraction`` of the cases (grouped by subject) are held out.
 
         Args:
             train_ids: training cases (default: all but the validation split).
@@ -216,9 +230,14 @@ class Pipeline:
             epochs: overrides ``training.epochs``.
             iterations_per_epoch: overrides ``training.iterations_per_epoch``.
             time_limit: seconds; the learning-rate schedule ends when they are spent.
-            val_fraction: share held out when no ids are given (0 trains on everything).
+            val_fraction: share held out when no ids are given (0 trains on everything; default
+                the official split if the data has one, else 0.2).
             output_dir: where the checkpoint (every epoch) and the pipeline are saved.
             resume: continue the checkpoint in ``output_dir``.
+
+        Under ``torchrun`` every process calls ``fit`` alike and trains one model with DDP: each
+        draws its share of ``plan.batch_size`` (seeded by rank), validation cases are split over
+        the processes, and only rank 0 writes (see :func:`~medseg.training.train`).
 
         Returns:
             The history: one dict per epoch (loss, val_dice, time).
@@ -229,35 +248,42 @@ class Pipeline:
         self.training = config
         train_ids, val_ids = self.split_cases(train_ids, val_ids, val_fraction)
         self.split = {"train": train_ids, "val": val_ids}
-        cases = self.preprocessed_cases().build([*train_ids, *val_ids])
+        world, device = distributed.setup(self.device)  # one process: (rank 0 of 1, self.device)
+        cases = self.preprocessed_cases()
+        if world.distributed:  # each process preprocesses its share of the cases first
+            cases.build(shard([*train_ids, *val_ids], world.rank, world.size))
+            distributed.barrier(timeout=max(distributed.timeout_seconds(), 3600.0))
+        cases = cases.build([*train_ids, *val_ids])
         stream = PatchStream(
-            cases, train_ids, self.sampler, batch_size=self.plan.batch_size,
+            cases, train_ids, self.sampler, batch_size=distributed.local_batch(self.plan.batch_size, world),
             augmentation=self._augmentation(config.augmentation),
             precompute=self._precompute(), num_classes=self.plan.num_classes, spacing=self._patch_spacing(),
-            seed=config.seed,
+            seed=config.seed, rank=world.rank,
         )
-        def batches(start: int):  # batch i depends on (seed, i) only: a resumed run continues at its batch
-            return iter(make_loader(stream, workers=config.workers, device=self.device, start_batch=start))
+        def batches(start: int):  # batch i depends on (seed, i, rank) only: a resumed run continues at its batch
+            return iter(make_loader(stream, workers=config.workers, device=device, start_batch=start))
         output = Path(output_dir) if output_dir is not None else None
-        if output is not None:
+        if output is not None and world.is_main:
             output.mkdir(parents=True, exist_ok=True)
             self._write_config(output)
         validate = (lambda: self._validation_dice(cases, val_ids[:50])) if val_ids else None
         self.history = train(
             self.network, self.loss, batches, config=config,
             checkpoint=None if output is None else output / "checkpoint.pt",
-            resume=resume, validate=validate, device=self.device, fixed_shapes=True,
+            resume=resume, validate=validate, device=device, fixed_shapes=True,
             first_batch=sum(int(h.get("steps", 0)) for h in self.history),  # a further fit draws new patches
         )
         if val_ids and self.inference.largest_component is None:
             self._choose_postprocessing(cases, val_ids)
-        if output is not None:
+        if output is not None and world.is_main:
             self.save(output)
+        distributed.barrier()  # the others return once the run is saved
         return self.history
 
     def _augmentation(self, name: str):
         if name == "auto":
-            name = "2d" if self.plan.spatial_dims == 2 else "3d"
+            name = self.plan.augmentation if self.plan.augmentation != "auto" else (
+                "2d" if self.plan.spatial_dims == 2 else "3d")
         return create_augmentation(name)
 
     def _precompute(self):
@@ -289,14 +315,15 @@ class Pipeline:
     def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str], *,
                            cleaned: bool = False) -> tuple[list[float], list[float]]:
         """Mean Dice per case on the preprocessed grid, without (and, if ``cleaned``, with)
-        largest-component cleaning."""
-        spec, scores = self.plan.label_spec, ([], [])
-        for case in val_ids:
+        largest-component cleaning. Under ``torchrun`` each process scores its share of the cases
+        (each case once) and every process gets all scores."""
+        spec, scores, world = self.plan.label_spec, ([], []), distributed.current_world()
+        for case in shard(list(val_ids), world.rank, world.size):
             probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))
             for keep in (False, True)[: 1 + cleaned]:
                 values = to_label_values(probabilities, spec, largest_component=keep)
                 scores[keep].append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
-        return scores
+        return tuple(distributed.gather_shards(part, world) for part in scores)
 
     def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
         return float(np.nanmean(self._validation_scores(cases, val_ids)[0]))
@@ -309,22 +336,35 @@ class Pipeline:
         self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict_case(self, case: str | Sample) -> np.ndarray:
+    def predict_case(self, case: str | Sample, *, probabilities: bool = False
+                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The label map ``(*spatial)`` of one case in the dataset's own values (``plan.labels``),
         on the grid it was read on; never the ignore value.
 
         Args:
             case: a case id of the pipeline's data (training or test case), or a Sample.
+            probabilities: also return the softmax (sigmoids, for regions) ``(K, *spatial)`` float32
+                on the same grid (:func:`~medseg.inference.probabilities.invert_probabilities`);
+                the labels are the same either way.
+
+        Returns:
+            The labels, or ``(labels, probabilities)`` with ``probabilities=True``.
         """
         sample = self._require_data().load(case) if isinstance(case, str) else case
         prepared = preprocess(sample.replace(label=None), self.preprocessing)
-        return to_label_values(self.predict_probabilities(prepared.image), self.plan.label_spec, prepared=prepared,
-                               largest_component=bool(self.inference.largest_component))
+        network_out = self.predict_probabilities(prepared.image)
+        labels = to_label_values(network_out, self.plan.label_spec, prepared=prepared,
+                                 largest_component=bool(self.inference.largest_component))
+        if not probabilities:
+            return labels
+        activation = "sigmoid" if self.plan.label_spec.is_regions else "softmax"
+        return labels, invert_probabilities(network_out, prepared, activation=activation)
 
     predict_sample = predict_case  # the name of earlier versions
 
     def write_prediction(self, labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, *,
-                         case: str | None = None, like: str | os.PathLike | None = None) -> Path:
+                         case: str | None = None, like: str | os.PathLike | None = None,
+                         probabilities: np.ndarray | None = None, probability_maps: bool = False) -> Path:
         """Write a label map of dataset values with the geometry its image was read with.
 
         Args:
@@ -332,46 +372,87 @@ class Pipeline:
             geometry: the image's geometry (``Sample.geometry``).
             path: the file; with ``case``, the folder of ``<case><suffix>``, the suffix in the format
                 of ``like`` (default: the case's first image in the data): NIfTI for DICOM, PNG for 2D.
+            probabilities: ``(K, *spatial)`` from ``predict_case(..., probabilities=True)``, written
+                beside the labels as ``<case>.npz`` (:func:`~medseg.inference.probabilities.write_probabilities`).
+            probability_maps: also write ``<case>_prob_<channel>.nii.gz`` per channel.
         """
         ignore = self.plan.label_spec.ignore
         if ignore is not None and np.any(labels == ignore):
             raise ValueError(f"labels hold the ignore value {ignore}, which a prediction never holds; "
                              "pass what predict_case returns.")
+        if probability_maps and probabilities is None:
+            raise ValueError("write_prediction(probability_maps=True) needs `probabilities` "
+                             "(from predict_case(case, probabilities=True)).")
         if case is not None and like is None:  # the dataset's own format (a VOC palette PNG, a NIfTI...)
             written = self._require_data().write_prediction(labels, geometry, path, case)
-            log.info("wrote %s", written)
-            return written
-        if case is not None:
-            path = Path(path) / f"{case}{output_suffix(Path(like))}"
-        written = write_label_file(labels, geometry, path)
+        else:
+            path = Path(path) / f"{case}{output_suffix(Path(like))}" if case is not None else path
+            written = write_label_file(labels, geometry, path)
         log.info("wrote %s", written)
+        if probabilities is not None:
+            stem = written.with_name(case if case is not None else case_id_of(written))
+            write_probabilities(probabilities, geometry, stem, self.plan.label_spec, maps=probability_maps)
         return written
 
+    def _predict_and_write(self, sample: Sample, output_dir: str | os.PathLike, like: str | os.PathLike | None,
+                           save_probabilities: bool, probability_maps: bool) -> Path:
+        if not (save_probabilities or probability_maps):
+            return self.write_prediction(self.predict_case(sample), sample.geometry, output_dir, case=sample.id,
+                                         like=like)
+        labels, probabilities = self.predict_case(sample, probabilities=True)
+        return self.write_prediction(labels, sample.geometry, output_dir, case=sample.id, like=like,
+                                     probabilities=probabilities, probability_maps=probability_maps)
+
     def predict(
-        self, inputs: str | os.PathLike, output_dir: str | os.PathLike | None = None
+        self, inputs: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
+        save_probabilities: bool = False, probability_maps: bool = False, part: tuple[int, int] | None = None,
     ) -> dict[str, Path] | dict[str, np.ndarray]:
         """Predict every case in a file or folder.
 
         With ``output_dir``, writes one label file per case, named after the case, in the input's
         format (NIfTI for DICOM folders, PNG for 2D images) and geometry, and returns the paths;
         without, returns the label maps. Both hold the dataset's own label values.
+        ``save_probabilities`` also writes ``<case>.npz`` (softmax or region sigmoids on the
+        input's grid), ``probability_maps`` that and a NIfTI per channel (see :meth:`write_prediction`).
+        ``part=(k, n)`` predicts only part ``k`` of ``n`` of the cases (sorted, every n-th from k:
+        :func:`~medseg.training.distributed.shard`), so n processes write each case once.
         """
+        if (save_probabilities or probability_maps) and output_dir is None:
+            raise ValueError("predict(save_probabilities=True) writes files: give output_dir, or call "
+                             "predict_case(case, probabilities=True) for the arrays.")
+        if Path(inputs).is_dir() and detect_format(inputs) is not None:  # a VOC/Cityscapes/... folder
+            return self._predict_format(open_dataset(inputs), output_dir, part)
         found = find_images(inputs, channels=files_per_case(inputs, self.plan.in_channels))
+        if part is not None:
+            found = {case: found[case] for case in shard(sorted(found), *part)}
         results: dict[str, Any] = {}
         for case, files in found.items():
             image, geometry = load_image(files)
-            labels = self.predict_case(Sample(case, image, geometry))
-            results[case] = labels if output_dir is None else self.write_prediction(
-                labels, geometry, output_dir, case=case, like=files[0])
+            sample = Sample(case, image, geometry)
+            results[case] = self.predict_case(sample) if output_dir is None else self._predict_and_write(
+                sample, output_dir, files[0], save_probabilities, probability_maps)
         return results
 
-    def predict_cases(self, case_ids: Sequence[str], output_dir: str | os.PathLike) -> dict[str, Path]:
-        """Predict cases of the pipeline's data and write them into ``output_dir`` (as :meth:`predict`)."""
-        data, written = self._require_data(), {}
-        for case in case_ids:
+    def _predict_format(self, data: Dataset, output_dir: str | os.PathLike | None,
+                        part: tuple[int, int] | None) -> dict[str, Any]:
+        """A benchmark folder's evaluation split (VOC/Cityscapes val, CamVid test), written as
+        the format's own files (:meth:`~medseg.io.Dataset.write_prediction`)."""
+        data = data.with_label_spec(self.plan.label_spec.agreed_with(data.label_spec, data.root))
+        cases = data.evaluation_cases if part is None else shard(sorted(data.evaluation_cases), *part)
+        results: dict[str, Any] = {}
+        for case in cases:
             sample = data.load(case)
-            written[case] = self.write_prediction(self.predict_case(sample), sample.geometry, output_dir, case=case)
-        return written
+            labels = self.predict_case(sample)
+            results[case] = labels if output_dir is None else data.write_prediction(
+                labels, sample.geometry, output_dir, case)
+        return results
+
+    def predict_cases(self, case_ids: Sequence[str], output_dir: str | os.PathLike, *,
+                      save_probabilities: bool = False, probability_maps: bool = False) -> dict[str, Path]:
+        """Predict cases of the pipeline's data and write them into ``output_dir`` (as :meth:`predict`)."""
+        data = self._require_data()
+        return {case: self._predict_and_write(data.load(case), output_dir, None, save_probabilities, probability_maps)
+                for case in case_ids}
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, case_ids: Sequence[str] | None = None, *, metrics: bool = False) -> dict[str, dict[int, dict[str, float]]]:

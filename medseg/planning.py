@@ -3,6 +3,11 @@
 Target spacing is the median spacing (coarsened when the median image would not fit the compute
 budget), the patch covers the median image where the budget allows, classes and channels come
 from the data, and CT data gets CT normalisation.
+
+RGB photographs (channels declared ``R, G, B``, as the VOC, Cityscapes, CamVid and COCO readers
+declare them) get the natural-image plan: pixels as they are (no resampling, images of any size),
+ImageNet channel statistics, the patch from the median image size in pixels (a random crop of
+larger images, padding of smaller ones), and scale augmentation (0.5-2x, the literature's range).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class Plan:
             (``len(features) - 1`` entries); default 2 on every axis (plans saved before it).
         conv_kernels: the convolution kernel per stage, one size per axis (``len(features)``
             entries); default 3 on every axis.
+        augmentation: the augmentation preset (:data:`~medseg.sampling.AUGMENTATIONS`), ``"auto"``
+            for ``2d``/``3d`` by the network; ``"natural"`` (scaling 0.5-2x) for RGB photographs.
     """
 
     spatial_dims: int
@@ -82,6 +89,7 @@ class Plan:
     labels: LabelSpec | None = None
     pool_kernels: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
     conv_kernels: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+    augmentation: str = "auto"
 
     def __post_init__(self) -> None:
         stages, dims = len(self.features), self.spatial_dims
@@ -221,7 +229,10 @@ def fingerprint_dataset(dataset: Dataset, *, workers: int = 4) -> tuple[Fingerpr
     with ThreadPoolExecutor(workers) as pool:
         facts = list(pool.map(lambda c: _case_facts(dataset, c, ct), dataset.case_ids))
     classes = sorted({c for f in facts for c in f["classes"]})
-    channels = _common_channels(dataset, [f["channels"] for f in facts])
+    counts = [f["channels"] for f in facts]
+    if is_natural(dataset, len(facts[0]["shape"])):  # a grey photograph among colour ones is read as RGB
+        counts = [3 if count == 1 else count for count in counts]
+    channels = _common_channels(dataset, counts)
     stats: list[dict[str, float]] = []
     if ct:
         values = np.concatenate([f["foreground"] for f in facts if "foreground" in f], axis=1)
@@ -356,10 +367,13 @@ def plan_dataset(
     if spatial_dims not in (2, 3) or spatial_dims > data_dims:
         raise ValueError(f"spatial_dims={spatial_dims} does not fit {data_dims}D data; use 2 or {data_dims}.")
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    natural = is_natural(dataset, data_dims)
     spacing = np.asarray(fingerprint.median_spacing)
     shape = np.median(np.asarray(fingerprint.shapes) * np.asarray(fingerprint.spacings), axis=0) / spacing
+    if natural:  # photographs: pixels as they are, whatever a file's DPI; crops of the median size
+        spacing, shape = np.ones(data_dims), np.median(np.asarray(fingerprint.shapes), axis=0)
     budget = _IMAGE_VOXELS[(kind, data_dims)]
-    if np.prod(shape) > budget:  # too large for this device at full resolution: coarsen evenly
+    if np.prod(shape) > budget and not natural:  # too large for this device at full resolution: coarsen evenly
         factor = (np.prod(shape) / budget) ** (1.0 / data_dims)
         spacing, shape = spacing * factor, shape / factor
     slice_axis = None
@@ -382,7 +396,7 @@ def plan_dataset(
         num_classes=spec.num_classes,
         class_names=spec.names,
         target_spacing=tuple(round(float(s), 6) for s in spacing),
-        normalization="ct" if ct else "zscore",
+        normalization="ct" if ct else "imagenet" if natural else "zscore",
         patch_size=patch,
         batch_size=batch,
         features=features,
@@ -392,4 +406,11 @@ def plan_dataset(
         labels=spec,
         pool_kernels=pool_kernels,
         conv_kernels=conv_kernels,
+        augmentation="natural" if natural else "auto",
     )
+
+
+def is_natural(dataset: Dataset, data_dims: int = 2) -> bool:
+    """Whether the data are RGB photographs: 2D, channels declared ``R, G, B`` (the benchmark
+    formats declare them; ``--modality R,G,B`` does for any folder)."""
+    return data_dims == 2 and tuple(m.upper() for m in dataset.modality) == ("R", "G", "B")

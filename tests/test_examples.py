@@ -53,3 +53,12 @@ def test_readme_python_block_runs(tmp_path):
     _run([tmp_path / "quickstart.py"], tmp_path)
     assert (tmp_path / "predictions" / "hippocampus_001.nii.gz").is_file()
     assert (tmp_path / "runs" / "hippo" / "model.pt").is_file()
+
+
+def test_review_loop_script(tmp_path):
+    out = _run([ROOT / "pipelines" / "review_loop.py", "--data", SAMPLES / "hippocampus", "--initial", "4",
+                "--held-out", "2", "--pool", "4", "--per-round", "1", "--rounds", "1", "--base-steps", "2",
+                "--round-steps", "1", "--features", "4,8", "--out", tmp_path / "loop"], tmp_path)
+    row = re.search(r"\| 1 \| 5 \| ([0-9.]+) \| ([0-9.]+) \|", out)
+    assert row and all(0.0 <= float(v) <= 1.0 for v in row.groups())
+    assert (tmp_path / "loop" / "results.json").is_file()

@@ -15,7 +15,7 @@ import torch
 import medseg
 from medseg.architectures import UNet
 from medseg.cli import main
-from medseg.evaluation.cross_validation import _predict_fold
+from medseg.evaluation.cross_validation import predict_fold
 from medseg.evaluation.scoring import score_prediction
 from medseg.io import IGNORE_INDEX, LabelSpec, read_image_file
 from medseg.preprocessing import invert_labels, preprocess
@@ -114,7 +114,7 @@ def test_evaluate_scores_the_dataset_classes_where_the_reference_is_not_ignored(
 
 def test_cross_validation_and_the_cli_write_through_the_same_path(trained, relabelled, tmp_path):
     val = trained.split["val"]
-    rows, files = _predict_fold(trained, val, tmp_path / "fold", 0)
+    rows, files, _ = predict_fold(trained, val, tmp_path / "fold", 0)
     assert sorted({row["label"] for row in rows}) == [1, 4]
     for case in val:
         array = read_image_file(tmp_path / "fold" / files[case])[0][0]

@@ -32,16 +32,19 @@ from ..io.dataset_json import read_dataset_json
 from ..io.files import full_suffix
 from ..io.labels import LabelSpec
 from ..io.readers import Image2DIO, read_image_file
+from .confusion import confusion_matrix, dataset_rows, dataset_scores
 from .metrics import METRIC_NAMES, compute_metrics, confusion_counts, dice_per_label, summarize
 from .tables import read_json, write_csv, write_json
 
 __all__ = [
     "CaseScore",
     "Target",
+    "dataset_block",
     "evaluate_folders",
     "nnunet_summary",
     "score_folders",
     "targets_of",
+    "write_dataset_block",
     "write_metrics_csv",
 ]
 
@@ -91,6 +94,7 @@ class CaseScore:
     reference: Path
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    matrix: np.ndarray | None = None  # the (K, K) confusion matrix over background + classes (not regions)
 
 
 # --- files --------------------------------------------------------------------------------------
@@ -126,7 +130,10 @@ def match_cases(
     only, when given: a test set among a dataset's references)."""
     if missing not in ("error", "empty", "skip"):
         raise ValueError(f"missing must be 'error', 'empty' or 'skip', got {missing!r}.")
-    preds, refs = label_files(predictions), label_files(references)
+    return _match(label_files(predictions), label_files(references), predictions, references, missing, cases)
+
+
+def _match(preds: dict, refs: dict, predictions, references, missing: Missing, cases: Sequence[str] | None) -> list:
     if cases is not None:
         unknown = sorted(set(cases) - set(refs))
         if unknown:
@@ -146,13 +153,45 @@ def match_cases(
         )
     if unpredicted and missing == "skip":
         warnings.warn(f"{len(unpredicted)} reference case(s) without a prediction not scored: "
-                      f"{unpredicted[:10]}", stacklevel=3)
+                      f"{unpredicted[:10]}", stacklevel=4)
     cases = sorted(refs) if missing == "empty" else sorted(preds)
     return [(case, preds.get(case), refs[case]) for case in cases]
 
 
-def _read_label(path: Path):
+class _Values(NamedTuple):
+    """A label map a dataset format decoded (``(*spatial)`` values), and the file it came from."""
+
+    path: Path
+    values: np.ndarray
+
+
+def _format_dataset(references: str | os.PathLike):
+    """The benchmark-format dataset (COCO, VOC...) ``references`` is, or ``None``."""
+    from ..io.formats import detect_format, format_class
+
+    name = detect_format(references) if Path(references).is_dir() else None
+    return None if name is None else format_class(name)(Path(references))
+
+
+def _format_pairs(data, predictions, missing: Missing, cases: Sequence[str] | None) -> list:
+    """The pairs of a format dataset: predictions in its own files, references from its labels.
+    Without ``cases``, the references are every case of each split that has a prediction."""
+    if hasattr(data, "prediction_values"):
+        preds = {c: _Values(Path(predictions), v) for c, v in data.prediction_values(predictions).items()}
+        reference = data.reference_values
+    else:  # one label file per case (VOC, Cityscapes, CamVid)
+        preds = {c: _Values(p, data.read_values(p).T) for c, p in data.prediction_files(predictions).items()}
+        reference = lambda case: data.read_values(data.cases[case].label).T  # noqa: E731
+    touched = [ids for ids in data.official_split.values() if set(ids) & set(preds)]
+    wanted = sorted({*(c for ids in touched for c in ids), *preds} if cases is None else cases)
+    refs = {c: _Values(data.cases[c].label, reference(c)) for c in wanted if c in data.cases}
+    return _match(preds, refs, predictions, data.root, missing, cases)
+
+
+def _read_label(path: Path | _Values):
     """A label file; a 2D image mask stored as 0/255 reads as 0/1, as datasets read it."""
+    if isinstance(path, _Values):
+        return path.values[None], None
     array, grid = read_image_file(path)
     if full_suffix(path) in Image2DIO.suffixes and 255 in array and set(np.unique(array).tolist()) == {0, 255}:
         array = array // 255
@@ -161,8 +200,9 @@ def _read_label(path: Path):
 
 def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     ref, ref_grid = _read_label(ref_path)
+    spacing = (1.0,) * (ref.ndim - 1) if ref_grid is None else ref_grid.spacing
     if pred_path is None:
-        return np.zeros(ref.shape[1:], np.int64), ref[0].astype(np.int64), ref_grid.spacing
+        return np.zeros(ref.shape[1:], np.int64), ref[0].astype(np.int64), spacing
     pred, _ = _read_label(pred_path)
     if pred.shape != ref.shape:
         raise DataError(f"{pred_path}: shape {pred.shape[1:]} differs from its reference {ref_path} "
@@ -170,7 +210,7 @@ def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[np.ndarray, np.n
     for path, array in ((pred_path, pred), (ref_path, ref)):
         if not np.array_equal(array, np.round(array)):
             raise DataError(f"{path}: a label map must hold whole numbers, found fractions.")
-    return pred[0].astype(np.int64), ref[0].astype(np.int64), ref_grid.spacing
+    return pred[0].astype(np.int64), ref[0].astype(np.int64), spacing
 
 
 # --- which classes ------------------------------------------------------------------------------
@@ -220,6 +260,9 @@ def resolve_classes(
         return values, None, "--labels"
     if run is not None:
         return None, spec_of_run(run), f"the plan of {run}"
+    data = _format_dataset(references)
+    if data is not None:
+        return None, data.label_spec, f"the {type(data).__name__} at {references}"
     spec = spec_beside(references)
     if spec is not None:
         return None, spec, str(Path(references).resolve().parent / "dataset.json")
@@ -260,7 +303,9 @@ def score_folders(
         missing: what a reference without a prediction means (see the module docstring).
         cases: score these cases only (each needs a reference), e.g. a test set.
     """
-    pairs = match_cases(predictions, references, missing, cases)
+    data = _format_dataset(references)
+    pairs = (match_cases(predictions, references, missing, cases) if data is None
+             else _format_pairs(data, predictions, missing, cases))
     ignore = spec.ignore if spec is not None else None
     if labels is None and spec is None:  # the values found in references and predictions
         found: set[int] = set()
@@ -279,8 +324,11 @@ def score_folders(
                 if unknown := sorted(set(np.unique(array).tolist()) - known):
                     strangers[str(path)] = unknown
         counts = confusion_counts(pred, ref, [t.scored for t in targets], ignore=ignore)
-        scores.append(CaseScore(case, pred_path, ref_path, _score(pred, ref, spacing, targets, ignore, all_metrics),
-                                {t.key: counts[t.scored] for t in targets}))
+        matrix = None if any(t.region for t in targets) else confusion_matrix(
+            pred, ref, [0, *(t.key for t in targets)], ignore=ignore)
+        scores.append(CaseScore(case, getattr(pred_path, "path", pred_path), getattr(ref_path, "path", ref_path),
+                                _score(pred, ref, spacing, targets, ignore, all_metrics),
+                                {t.key: counts[t.scored] for t in targets}, matrix))
     if strangers:
         warnings.warn(f"label values that are no class of the dataset (classes {list(spec.values)}), scored "
                       f"as background: {dict(list(strangers.items())[:5])}", stacklevel=2)
@@ -314,6 +362,15 @@ def evaluate_folders(
     return rows_of(scores)
 
 
+def dataset_block(targets: Sequence[Target], scores: Sequence[CaseScore],
+                  names: dict[int, str] | None = None) -> dict[str, Any] | None:
+    """The split's confusion-matrix scores (:func:`~medseg.evaluation.confusion.dataset_scores`:
+    mean IoU, pixel accuracy, per-class IoU), or ``None`` for regions or no case."""
+    if not scores or any(s.matrix is None for s in scores):
+        return None
+    return dataset_scores([s.matrix for s in scores], [0, *(t.key for t in targets)], names)
+
+
 def write_metrics_csv(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
     """Write rows, then one ``mean`` row per label, atomically.
 
@@ -324,6 +381,17 @@ def write_metrics_csv(rows: list[dict[str, object]], path: str | os.PathLike) ->
     means = [{"case": "mean", "label": label, **{m: stats[m]["mean"] for m in metrics if m in stats}}
              for label, stats in summarize(rows).items()]
     return write_csv(path, ["case", "label", *metrics], [*rows, *means])
+
+
+def write_dataset_block(block: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a :func:`dataset_block` beside the per-case table ``path``: ``<stem>_dataset.csv``
+    (per class Dice and IoU of the summed matrix, then the mean IoU and pixel accuracy) or
+    ``<stem>_dataset.json`` (the whole block, the matrix included), atomically."""
+    path = Path(path)
+    target = path.with_name(f"{path.stem}_dataset{path.suffix or '.csv'}")
+    if target.suffix.lower() == ".json":
+        return write_json(target, block)
+    return write_csv(target, ["case", "label", "dice", "iou", "pixel_accuracy"], dataset_rows(block))
 
 
 # --- nnU-Net's summary.json ---------------------------------------------------------------------

@@ -147,8 +147,20 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"  # 'nan', 'inf' as in the CSV and JSON tables
 
 
+def _dataset_lines(dataset: Mapping[str, Any] | None) -> list[str]:
+    """The split's confusion-matrix scores (see :mod:`medseg.evaluation.confusion`)."""
+    if not dataset:
+        return []
+    lines = ["", "## Over the whole split (confusion matrix)", "",
+             f"Mean IoU {_fmt(dataset['mean_iou'])} over the classes, background included (foreground only "
+             f"{_fmt(dataset['mean_iou_foreground'])}); pixel accuracy {_fmt(dataset['pixel_accuracy'])}.", "",
+             "| class | IoU |", "|---|---|"]
+    return lines + [f"| {name} | {_fmt(dataset['iou'][value])} |"
+                    for value, name in zip(dataset["classes"], dataset["names"])]
+
+
 def _markdown(title: str, rows: Sequence[Row], summary, figures: dict[str, list[tuple[str, str]]],
-              label_names: Mapping[int, str] | None = None):
+              label_names: Mapping[int, str] | None = None, dataset: Mapping[str, Any] | None = None):
     cases = sorted({str(row["case"]) for row in rows})
     folds = sorted({str(row.get("fold")) for row in rows if row.get("fold") is not None})
     lines = [f"# {title}", "", f"{len(cases)} cases, {len(folds) or 'no'} folds.", ""]
@@ -170,8 +182,9 @@ def _markdown(title: str, rows: Sequence[Row], summary, figures: dict[str, list[
             ]
             shown = label_title(label, label_names) if label_names else label
             lines.append(f"| {shown} | {metric} | " + " | ".join(map(str, cells)) + " |")
+    lines += _dataset_lines(dataset)
     lines += ["", "## Files", ""]
-    for name in ("metrics.csv", "metrics.json", "summary.csv", "summary.json"):
+    for name in ("metrics.csv", "metrics.json", "summary.csv", "summary.json", *(["dataset.json"] if dataset else [])):
         lines.append(f"- [{name}]({name})")
     for heading, items in figures.items():
         if items:
@@ -192,6 +205,7 @@ def write_report(
     title: str = "medseg evaluation report",
     plots: bool = True,
     label_names: Mapping[int, str] | Sequence[str] | None = None,
+    dataset: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write the tables, plots and ``report.md`` of an evaluation into ``output_dir``.
 
@@ -210,6 +224,9 @@ def write_report(
         label_names: class names by label value (a mapping, or a list indexed by label such as
             ``plan.class_names``), shown next to the numbers in ``report.md`` and the plots;
             the CSV and JSON files keep the integer labels.
+        dataset: the split's confusion-matrix scores
+            (:func:`~medseg.evaluation.confusion.dataset_scores`), written to ``dataset.json``
+            and shown in ``report.md``.
 
     Returns:
         The paths written, ``report.md`` last.
@@ -239,6 +256,8 @@ def write_report(
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written, summary = _write_tables(folder, rows, metrics, extras)
+    if dataset:
+        written.append(_write_json(folder / "dataset.json", dict(dataset)))
     figures: dict[str, list[tuple[str, str]]] = {
         "Metric distributions": [],
         "Training curves": [],
@@ -261,5 +280,5 @@ def write_report(
                 )
             )
             figures["Overlays"].append((written[-1].name, f"{case}: {caption}"))
-    written.append(_write_text(folder / "report.md", _markdown(title, rows, summary, figures, label_names)))
+    written.append(_write_text(folder / "report.md", _markdown(title, rows, summary, figures, label_names, dataset)))
     return written

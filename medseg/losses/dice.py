@@ -3,7 +3,9 @@
 With ``p`` the softmax probabilities and ``g`` the one-hot target, each loss sums
 ``p * g``, ``p`` and ``g`` over the spatial axes of one sample and class (and over the batch
 when ``batch=True``), scores each class, and averages over classes and samples. Ignored voxels
-(target :data:`~medseg.losses.base.IGNORE_INDEX`) are left out of every sum.
+(target :data:`~medseg.losses.base.IGNORE_INDEX`) are left out of every sum. With ``batch=True``
+and ``sync=True`` in a distributed run the sums cover the global batch of every process (nnU-Net's
+DDP batch Dice).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def probabilities_and_one_hot(
 class _RegionLoss(Loss):
     """Shared constructor and sums of the overlap losses."""
 
+    sync = False
+    """With ``batch``: add the sums of every process of a distributed run (autograd-aware), so
+    the loss is that of the global batch. The trainer turns it on under ``torchrun``; a run of
+    one process is unchanged. Not a constructor argument: a saved recipe stays the same."""
+
     def __init__(
         self, include_background: bool = True, smooth: float = 1e-5, batch: bool = False
     ) -> None:
@@ -61,7 +68,12 @@ class _RegionLoss(Loss):
         """``sum(pg), sum(p), sum(g)``, each ``(B, C')``, or ``(C',)`` when ``batch``."""
         probs, truth = probabilities_and_one_hot(logits, target, self.include_background)
         axes = spatial_axes(probs, self.batch)
-        return (probs * truth).sum(axes), probs.sum(axes), truth.sum(axes)
+        sums = (probs * truth).sum(axes), probs.sum(axes), truth.sum(axes)
+        if self.batch and self.sync:  # one collective for the three sums
+            from medseg.training.distributed import all_reduce_sum
+
+            return tuple(all_reduce_sum(torch.stack(sums)).unbind(0))
+        return sums
 
     def extra_repr(self) -> str:
         return f"include_background={self.include_background}, smooth={self.smooth}, batch={self.batch}"

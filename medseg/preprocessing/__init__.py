@@ -7,7 +7,7 @@ from typing import Any
 from ..errors import look_up_option
 from .base import Fingerprint, Step, invert, invert_labels, preprocess
 from .crop import CropForeground, Pad
-from .normalize import CTNormalize, ZScore
+from .normalize import CTNormalize, RGBNormalize, ZScore
 from .resample import Resample, resize
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "CropForeground",
     "Fingerprint",
     "Pad",
+    "RGBNormalize",
     "Resample",
     "STEPS",
     "Step",
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 STEPS: dict[str, type[Step]] = {
-    cls.name: cls for cls in (Resample, CropForeground, Pad, ZScore, CTNormalize)
+    cls.name: cls for cls in (Resample, CropForeground, Pad, ZScore, CTNormalize, RGBNormalize)
 }
 
 

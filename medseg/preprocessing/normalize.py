@@ -1,4 +1,5 @@
-"""Intensity normalisation: z-score per channel, and CT windowing with dataset statistics."""
+"""Intensity normalisation: z-score per channel, CT windowing with dataset statistics, and RGB
+photographs scaled with ImageNet's channel statistics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import numpy as np
 from ..io.sample import Sample
 from .base import Fingerprint, Step
 
-__all__ = ["CTNormalize", "ZScore"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CTNormalize", "RGBNormalize", "ZScore"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per channel (R, G, B) mean of ImageNet's training images on a 0-1 scale (torchvision's numbers)."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ZScore(Step):
@@ -91,3 +96,44 @@ class CTNormalize(Step):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "clip": self.clip, "mean": self.mean, "std": self.std}
+
+
+class RGBNormalize(Step):
+    """8-bit RGB photographs: ``(x / 255 - mean) / std`` per channel with ImageNet's statistics
+    (what pretrained encoders and the VOC/Cityscapes literature use), or per image.
+
+    Args:
+        statistics: ``"imagenet"`` (the same numbers for every image) or ``"image"`` (each
+            image's own per-channel mean and standard deviation, as :class:`ZScore`).
+        mean: per channel mean on the 0-1 scale (default ImageNet's).
+        std: per channel standard deviation on the 0-1 scale (default ImageNet's).
+
+    Example:
+        >>> RGBNormalize().mean
+        [0.485, 0.456, 0.406]
+    """
+
+    name = "rgb"
+
+    def __init__(self, *, statistics: str = "imagenet", mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        if statistics not in ("imagenet", "image"):
+            raise ValueError(f"statistics={statistics!r}: choose 'imagenet' or 'image'.")
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean {list(mean)} and std {list(std)}: one value per channel, std > 0.")
+        self.statistics = statistics
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def __call__(self, sample: Sample) -> Sample:
+        if self.statistics == "image":
+            return ZScore()(sample)
+        if sample.image.shape[0] != len(self.mean):
+            raise ValueError(f"case {sample.id!r}: {sample.image.shape[0]} channel(s), RGBNormalize has statistics "
+                             f"for {len(self.mean)}; use statistics='image' or give mean= and std=.")
+        shape = (-1,) + (1,) * (sample.image.ndim - 1)
+        mean, std = np.asarray(self.mean, np.float32).reshape(shape), np.asarray(self.std, np.float32).reshape(shape)
+        return sample.replace(image=((sample.image / np.float32(255.0) - mean) / std).astype(np.float32))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "statistics": self.statistics, "mean": self.mean, "std": self.std}

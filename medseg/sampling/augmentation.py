@@ -153,10 +153,13 @@ def _scales(params: dict[str, Any], dims: int) -> list[float]:
 AUGMENTATIONS: dict[str, Augmentation] = {
     "3d": Augmentation(),
     "2d": Augmentation(rotation=180.0, p_affine=0.3),
+    # photographs (VOC, Cityscapes...): random scaling 0.5-2x, a small tilt, no gamma or noise
+    "natural": Augmentation(p_affine=0.5, rotation=10.0, scale=(0.5, 2.0), p_noise=0.0, p_gamma=0.0),
     "none": Augmentation(p_affine=0.0, p_flip=0.0, p_noise=0.0, p_intensity=0.0, p_gamma=0.0),
 }
 
 
 def create_augmentation(name: str) -> Augmentation:
-    """An augmentation preset by name: ``3d``, ``2d`` (full in-plane rotation) or ``none``."""
+    """An augmentation preset by name: ``3d``, ``2d`` (full in-plane rotation), ``natural``
+    (photographs: scaling 0.5-2x) or ``none``."""
     return AUGMENTATIONS[look_up_option(name, AUGMENTATIONS, argument="augmentation")]

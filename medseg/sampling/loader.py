@@ -38,6 +38,9 @@ class PatchStream(IterableDataset):
         num_classes: classes including background.
         spacing: voxel spacing of a patch (for spacing-aware distance maps).
         seed: base seed.
+        rank: the process of a distributed run (``torchrun``) this stream feeds: rank ``r`` draws
+            its own batches (its share of the global batch), seeded by ``(seed, index, r)``, with
+            the foreground share kept per rank; rank 0 draws what a single process draws.
     """
 
     def __init__(
@@ -52,12 +55,13 @@ class PatchStream(IterableDataset):
         num_classes: int = 2,
         spacing: Sequence[float] | None = None,
         seed: int = 0,
+        rank: int = 0,
     ) -> None:
         if not case_ids:
             raise ValueError("PatchStream needs at least one training case.")
         self.cases, self.case_ids, self.sampler = cases, list(case_ids), sampler
         self.batch_size, self.augmentation = int(batch_size), augmentation
-        self.precompute, self.num_classes, self.seed = precompute, num_classes, seed
+        self.precompute, self.num_classes, self.seed, self.rank = precompute, num_classes, seed, int(rank)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]] = OrderedDict()
 
@@ -115,9 +119,9 @@ class PatchStream(IterableDataset):
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         """Batch ``index`` of the stream, the same whichever worker makes it and whenever: its
-        generator is seeded by ``(seed, index)`` and the sampler's foreground share counts the
-        patches of all batches before it."""
-        rng = np.random.default_rng([self.seed, index])
+        generator is seeded by ``(seed, index)`` (``(seed, index, rank)`` on ranks > 0) and the
+        sampler's foreground share counts the patches of all batches before it."""
+        rng = np.random.default_rng([self.seed, index] if self.rank == 0 else [self.seed, index, self.rank])
         self.sampler.drawn = index * self.batch_size
         cases, patches = [], []
         for _ in range(self.batch_size):

@@ -1,6 +1,7 @@
 """The training loop: AdamW or SGD with a poly schedule, a checkpoint every epoch, resume that
 continues the very same run, a time limit, mixed precision on GPU, steps with a non-finite loss
-skipped, run logs, and a progress bar that says how long is left."""
+skipped, run logs, and a progress bar that says how long is left; under ``torchrun``,
+DistributedDataParallel (see :mod:`medseg.training.distributed`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..errors import look_up_option
+from . import distributed
 from .checkpoint import load_checkpoint, random_states, save_checkpoint, set_random_states
 from .logs import RunLog
 
@@ -80,10 +83,10 @@ def _optimizer(network: nn.Module, config: TrainingConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _step_loss(network: nn.Module, loss: nn.Module, batch: Batch) -> torch.Tensor:
+def _step_loss(model: nn.Module, network: nn.Module, loss: nn.Module, batch: Batch) -> torch.Tensor:
     image, target = batch["image"], batch["label"]
     extras = {k: v for k, v in batch.items() if k not in ("image", "label")}
-    outputs = network(image)
+    outputs = model(image)  # the network, or its DDP wrapper
     if hasattr(network, "training_loss"):
         return network.training_loss(outputs, target, loss, **extras)
     if isinstance(outputs, (tuple, list)):
@@ -96,6 +99,7 @@ class _Steps:
 
     def __init__(self, network: nn.Module, loss: nn.Module, config: TrainingConfig, device: torch.device) -> None:
         self.network, self.loss, self.device = network, loss, device
+        self.model = _distributed_model(network, device)
         self.optimizer = _optimizer(network, config)
         self.amp = config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -107,8 +111,8 @@ class _Steps:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         batch["label"] = batch["label"].long()
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            value = _step_loss(self.network, self.loss, batch)
-        finite = torch.isfinite(value.detach())
+            value = _step_loss(self.model, self.network, self.loss, batch)
+        finite = distributed.all_true(torch.isfinite(value.detach()))  # all ranks step, or none
         self.optimizer.zero_grad(set_to_none=True)
         # with AMP the scaler skips a step whose gradients are not finite (its step syncs anyway);
         # without, the check is on the CPU or costs one sync
@@ -127,6 +131,19 @@ class _Steps:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.amp and state.get("scaler"):  # empty when the run that saved it had no AMP
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _distributed_model(network: nn.Module, device: torch.device) -> nn.Module:
+    """DDP over the process group this process joined (batch norm synchronised on GPUs), else
+    the network itself."""
+    if not distributed.joined():
+        return network
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+        if device.type == "cuda":  # converts the layers in place: the caller's network trains
+            nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        else:
+            log.warning("batch norm statistics stay per process on CPU (SyncBatchNorm needs GPUs)")
+    return DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
 
 
 @contextmanager
@@ -167,6 +184,13 @@ def train(
     checkpoint it keeps ``log.csv``, ``model_best.pt`` and TensorBoard scalars (see
     :class:`~medseg.training.logs.RunLog`).
 
+    Under ``torchrun`` (a process group set up by :func:`~medseg.training.distributed.setup`)
+    every process runs this with its own ``batches`` (its share of the global batch) and the
+    network trains as DistributedDataParallel: only rank 0 writes the checkpoint, the logs and
+    the progress bar, every rank resumes from the checkpoint, rank 0's clock decides when the
+    time limit ends the run, and a failed or silent peer ends it with a
+    :class:`~medseg.training.distributed.DistributedError` within the collective timeout.
+
     Args:
         network: the model (moved to ``device``).
         loss: ``loss(logits, target, **extras)``.
@@ -183,8 +207,12 @@ def train(
     Raises:
         FloatingPointError: most steps of an epoch had a non-finite loss.
     """
-    device = torch.device(device)
+    device, world = torch.device(device), distributed.current_world()
     network.to(device)
+    if distributed.joined():  # batch Dice over the global batch
+        for part in loss.modules():
+            if getattr(part, "batch", False) is True and hasattr(part, "sync"):
+                part.sync = True
     steps = _Steps(network, loss, config, device)
     history: list[dict[str, float]] = []
     start_epoch, spent, position = 0, 0.0, int(first_batch)
@@ -199,10 +227,13 @@ def train(
     stream = batches(position) if callable(batches) else batches
     if state is not None and "random" in state:  # after the stream drew its own seeds
         set_random_states(state["random"])
-    run_log = RunLog(Path(checkpoint).parent, history) if checkpoint is not None else None
+    if world.distributed:  # rank 0's saved states would give every rank the same draws
+        distributed.seed_process(config.seed, world, position)
+    writes = checkpoint is not None and world.is_main
+    run_log = RunLog(Path(checkpoint).parent, history) if writes else None
     clock = _Clock(config, spent)
     bar = tqdm(total=100, initial=round(100 * clock.progress(start_epoch * config.iterations_per_epoch)), desc="training",
-               bar_format="{l_bar}{bar}| {elapsed}{postfix}", dynamic_ncols=True)
+               bar_format="{l_bar}{bar}| {elapsed}{postfix}", dynamic_ncols=True, disable=not world.is_main)
     try:
         with _cudnn_benchmark(fixed_shapes and device.type == "cuda"):
             for epoch in range(start_epoch, config.epochs):
@@ -213,13 +244,17 @@ def train(
                 history.append(record)
                 if run_log is not None:  # model_best.pt before the checkpoint: a kill between redoes the epoch
                     run_log.epoch_done(history, network)
-                if checkpoint is not None:
+                if writes:
                     save_checkpoint({"model": network.state_dict(), **steps.state(), "epoch": epoch + 1,
                                      "elapsed": clock.elapsed(), "history": history, "batch": position,  # validation included
                                      "random": random_states()}, checkpoint)
                 left = _time_left(record["time"], epoch + 1 - start_epoch, config, start_epoch, spent)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)
                 bar.update(round(100 * clock.progress((epoch + 1) * config.iterations_per_epoch)) - bar.n)
+    except Exception as error:
+        if world.distributed and distributed.is_communication_error(error):
+            raise distributed.failure(error) from error
+        raise
     finally:
         bar.close()
         if run_log is not None:
@@ -237,8 +272,8 @@ class _Clock:
         return time.monotonic() - self.began
 
     def progress(self, step: int) -> float:
-        config = self.config
-        by_time = self.elapsed() / config.time_limit if config.time_limit else 0.0
+        config = self.config  # under torchrun rank 0's clock: every rank stops at the same step
+        by_time = distributed.decided(self.elapsed()) / config.time_limit if config.time_limit else 0.0
         return min(1.0, max(step / (config.epochs * config.iterations_per_epoch), by_time))
 
 
@@ -254,7 +289,7 @@ def _epoch(
     began = time.monotonic()
     if hasattr(steps.loss, "set_epoch"):
         steps.loss.set_epoch(epoch)
-    steps.network.train()
+    steps.model.train()
     running = torch.zeros((), device=steps.device)
     nonfinite = torch.zeros((), dtype=torch.long, device=steps.device)
     done, lr = 0, config.lr
@@ -267,14 +302,15 @@ def _epoch(
         running += torch.where(finite, value, 0.0)
         nonfinite += ~finite
         done += 1
-    skipped = int(nonfinite)
+    skipped = int(nonfinite)  # the same on every rank (a step is skipped by all or none)
+    total, finite_steps = distributed.sum_values(float(running), done - skipped)  # one process: as they are
     if 2 * skipped > done:
         raise FloatingPointError(
             f"training diverged at epoch {epoch + 1}: {skipped} of {done} steps had a non-finite loss "
             "(those steps were skipped); lower the learning rate or check the data.")
     if skipped:
         log.warning("epoch %d: skipped %d of %d steps with a non-finite loss", epoch + 1, skipped, done)
-    record = {"epoch": epoch + 1, "loss": float(running) / max(done - skipped, 1), "steps": done,
+    record = {"epoch": epoch + 1, "loss": total / max(int(finite_steps), 1), "steps": done,
               "nonfinite_steps": skipped, "lr": lr, "time": clock.elapsed()}
     if validate is not None:
         checked = time.monotonic()

@@ -17,7 +17,7 @@ from typing import Any
 FORMATS: dict[str, Any] = {}
 """``{name: Dataset subclass}``; each class has ``detect(path) -> bool`` and takes ``(path, **kwargs)``."""
 
-_MODULES: tuple[str, ...] = ()  # the format modules imported on first use, e.g. ("voc", "cityscapes")
+_MODULES: tuple[str, ...] = ("voc", "cityscapes", "camvid", "coco")  # the format modules imported on first use
 
 
 def register(name: str):

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import cli_export, cli_review
 from .cli_options import (
     Parser,
     add_fold_flags,
@@ -332,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", default=None, help="dataset layout: voc, cityscapes, camvid, coco (default: detected)")
     plan.set_defaults(func=_plan)
 
-    __import__("medseg.cli_export").cli_export.add_parser(sub)  # medseg export (parser and handler there)
+    cli_export.add_parser(sub)  # medseg export (parser and handler there)
     archs = sub.add_parser("architectures", help="list the architectures")
     archs.add_argument("--spatial-dims", type=int, choices=(2, 3), default=3)
     archs.set_defaults(func=_architectures)
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--time-limit", type=float, default=150.0)
     demo.set_defaults(func=_demo)
-    __import__("medseg.cli_review").cli_review.add_parser(sub)  # medseg review init/next/ingest/retrain
+    cli_review.add_parser(sub)  # medseg review init/next/ingest/retrain
     return parser
 
 

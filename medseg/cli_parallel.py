@@ -14,6 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .errors import MedsegError
+
 __all__ = ["predict_device", "predict_part", "run_cv"]
 
 
@@ -27,7 +29,12 @@ def run_cv(pipe: Any, out: Path, args: argparse.Namespace) -> int:
     from .evaluation.cv_folds import check_fold_flags, clear_cross_validation
     from .evaluation.plots import label_title
     from .io.files import remove_stale_temporaries
+    from .training.distributed import world_from_env
 
+    if world_from_env().distributed:  # every rank would take the same fold's lock and wait for the others
+        raise MedsegError("medseg cv under torchrun (RANK/WORLD_SIZE set): cross-validation runs one fold per "
+                          "process; start one plain process per fold with `medseg cv ... --fold K` instead "
+                          "(README \"Scaling out\").")
     check_fold_flags(args.fold, args.report, args.overwrite)
     seed = pipe.training.seed
     if args.report:

@@ -17,24 +17,16 @@ from . import architectures, losses
 from .errors import DataError, MedsegError
 from .evaluation.scoring import score_prediction
 from .evaluation.splits import split_validation
-from .inference import InferenceConfig, predict_probabilities
+from .inference import InferenceConfig
 from .inference.postprocess import to_label_values
-from .inference.probabilities import invert_probabilities, write_probabilities
 from .io import (
+    IGNORE_INDEX,
     Dataset,
-    Geometry,
-    Sample,
-    find_images,
-    load_image,
     open_dataset,
-    output_suffix,
-    write_label_file,
 )
-from .io.cases import files_per_case
-from .io.files import case_id_of
-from .io.formats import detect_format
 from .persistence import load_pipeline, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
+from .prediction import Predicting
 from .preprocessing import (
     CropForeground,
     CTNormalize,
@@ -43,7 +35,6 @@ from .preprocessing import (
     RGBNormalize,
     Step,
     ZScore,
-    preprocess,
 )
 from .preprocessing.cache import PreprocessedCases
 from .sampling import PatchSampler, PatchStream, create_augmentation, make_loader
@@ -59,7 +50,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Pipeline:
+class Pipeline(Predicting):
     """Data in, trained model and predictions out, every part replaceable.
 
     Args:
@@ -136,7 +127,7 @@ class Pipeline:
     # -- construction -----------------------------------------------------------------------
     def _default_steps(self) -> list[Step]:
         if self.plan.normalization == "imagenet":  # photographs: pixels as they are (no crop, no resampling)
-            return [RGBNormalize(), Pad(min_shape=self.sampler.data_patch(self.data_dims))]
+            return [RGBNormalize(), Pad(min_shape=self.sampler.data_patch(self.data_dims), label_fill=IGNORE_INDEX if self.plan.label_spec.ignore is not None else 0)]  # noqa: E501 - padding is not a class
         normalize: Step = CTNormalize() if self.plan.normalization == "ct" else ZScore()
         return [CropForeground(), Resample(spacing=self.plan.target_spacing, keep_axis=self.plan.slice_axis), normalize,
                 Pad(min_shape=self.sampler.data_patch(self.data_dims))]
@@ -249,6 +240,8 @@ class Pipeline:
         train_ids, val_ids = self.split_cases(train_ids, val_ids, val_fraction)
         self.split = {"train": train_ids, "val": val_ids}
         world, device = distributed.setup(self.device)  # one process: (rank 0 of 1, self.device)
+        if world.distributed:  # validation and later predictions run on this rank's device
+            self.device = str(device)
         cases = self.preprocessed_cases()
         if world.distributed:  # each process preprocesses its share of the cases first
             cases.build(shard([*train_ids, *val_ids], world.rank, world.size))
@@ -299,19 +292,6 @@ class Pipeline:
             spacing.pop(self.plan.slice_axis)
         return tuple(spacing)
 
-    def _roi(self) -> tuple[int, ...]:
-        return tuple(self.plan.patch_size)
-
-    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """The network's probabilities ``(out_channels, *spatial)`` for one preprocessed image
-        ``(C, *spatial)``: softmax over classes, or a sigmoid per region; sliding window, mirroring
-        and fold ensemble as ``inference`` says."""
-        for network in (self.network, *self.ensemble):  # Pipeline(device="cuda") predicts there, fitted or not
-            network.to(self.device)
-        return predict_probabilities([self.network, *self.ensemble], image, roi_size=self._roi(), config=self.inference,
-                                     slice_axis=self.plan.slice_axis, device=self.device,
-                                     activation="sigmoid" if self.plan.label_spec.is_regions else "softmax")
-
     def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str], *,
                            cleaned: bool = False) -> tuple[list[float], list[float]]:
         """Mean Dice per case on the preprocessed grid, without (and, if ``cleaned``, with)
@@ -334,125 +314,6 @@ class Pipeline:
         keep = float(np.mean(cleaned)) >= float(np.mean(plain))
         log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
         self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
-
-    # -- prediction ---------------------------------------------------------------------------
-    def predict_case(self, case: str | Sample, *, probabilities: bool = False
-                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """The label map ``(*spatial)`` of one case in the dataset's own values (``plan.labels``),
-        on the grid it was read on; never the ignore value.
-
-        Args:
-            case: a case id of the pipeline's data (training or test case), or a Sample.
-            probabilities: also return the softmax (sigmoids, for regions) ``(K, *spatial)`` float32
-                on the same grid (:func:`~medseg.inference.probabilities.invert_probabilities`);
-                the labels are the same either way.
-
-        Returns:
-            The labels, or ``(labels, probabilities)`` with ``probabilities=True``.
-        """
-        sample = self._require_data().load(case) if isinstance(case, str) else case
-        prepared = preprocess(sample.replace(label=None), self.preprocessing)
-        network_out = self.predict_probabilities(prepared.image)
-        labels = to_label_values(network_out, self.plan.label_spec, prepared=prepared,
-                                 largest_component=bool(self.inference.largest_component))
-        if not probabilities:
-            return labels
-        activation = "sigmoid" if self.plan.label_spec.is_regions else "softmax"
-        return labels, invert_probabilities(network_out, prepared, activation=activation)
-
-    predict_sample = predict_case  # the name of earlier versions
-
-    def write_prediction(self, labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, *,
-                         case: str | None = None, like: str | os.PathLike | None = None,
-                         probabilities: np.ndarray | None = None, probability_maps: bool = False) -> Path:
-        """Write a label map of dataset values with the geometry its image was read with.
-
-        Args:
-            labels: ``(*spatial)`` from :meth:`predict_case`.
-            geometry: the image's geometry (``Sample.geometry``).
-            path: the file; with ``case``, the folder of ``<case><suffix>``, the suffix in the format
-                of ``like`` (default: the case's first image in the data): NIfTI for DICOM, PNG for 2D.
-            probabilities: ``(K, *spatial)`` from ``predict_case(..., probabilities=True)``, written
-                beside the labels as ``<case>.npz`` (:func:`~medseg.inference.probabilities.write_probabilities`).
-            probability_maps: also write ``<case>_prob_<channel>.nii.gz`` per channel.
-        """
-        ignore = self.plan.label_spec.ignore
-        if ignore is not None and np.any(labels == ignore):
-            raise ValueError(f"labels hold the ignore value {ignore}, which a prediction never holds; "
-                             "pass what predict_case returns.")
-        if probability_maps and probabilities is None:
-            raise ValueError("write_prediction(probability_maps=True) needs `probabilities` "
-                             "(from predict_case(case, probabilities=True)).")
-        if case is not None and like is None:  # the dataset's own format (a VOC palette PNG, a NIfTI...)
-            written = self._require_data().write_prediction(labels, geometry, path, case)
-        else:
-            path = Path(path) / f"{case}{output_suffix(Path(like))}" if case is not None else path
-            written = write_label_file(labels, geometry, path)
-        log.info("wrote %s", written)
-        if probabilities is not None:
-            stem = written.with_name(case if case is not None else case_id_of(written))
-            write_probabilities(probabilities, geometry, stem, self.plan.label_spec, maps=probability_maps)
-        return written
-
-    def _predict_and_write(self, sample: Sample, output_dir: str | os.PathLike, like: str | os.PathLike | None,
-                           save_probabilities: bool, probability_maps: bool) -> Path:
-        if not (save_probabilities or probability_maps):
-            return self.write_prediction(self.predict_case(sample), sample.geometry, output_dir, case=sample.id,
-                                         like=like)
-        labels, probabilities = self.predict_case(sample, probabilities=True)
-        return self.write_prediction(labels, sample.geometry, output_dir, case=sample.id, like=like,
-                                     probabilities=probabilities, probability_maps=probability_maps)
-
-    def predict(
-        self, inputs: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
-        save_probabilities: bool = False, probability_maps: bool = False, part: tuple[int, int] | None = None,
-    ) -> dict[str, Path] | dict[str, np.ndarray]:
-        """Predict every case in a file or folder.
-
-        With ``output_dir``, writes one label file per case, named after the case, in the input's
-        format (NIfTI for DICOM folders, PNG for 2D images) and geometry, and returns the paths;
-        without, returns the label maps. Both hold the dataset's own label values.
-        ``save_probabilities`` also writes ``<case>.npz`` (softmax or region sigmoids on the
-        input's grid), ``probability_maps`` that and a NIfTI per channel (see :meth:`write_prediction`).
-        ``part=(k, n)`` predicts only part ``k`` of ``n`` of the cases (sorted, every n-th from k:
-        :func:`~medseg.training.distributed.shard`), so n processes write each case once.
-        """
-        if (save_probabilities or probability_maps) and output_dir is None:
-            raise ValueError("predict(save_probabilities=True) writes files: give output_dir, or call "
-                             "predict_case(case, probabilities=True) for the arrays.")
-        if Path(inputs).is_dir() and detect_format(inputs) is not None:  # a VOC/Cityscapes/... folder
-            return self._predict_format(open_dataset(inputs), output_dir, part)
-        found = find_images(inputs, channels=files_per_case(inputs, self.plan.in_channels))
-        if part is not None:
-            found = {case: found[case] for case in shard(sorted(found), *part)}
-        results: dict[str, Any] = {}
-        for case, files in found.items():
-            image, geometry = load_image(files)
-            sample = Sample(case, image, geometry)
-            results[case] = self.predict_case(sample) if output_dir is None else self._predict_and_write(
-                sample, output_dir, files[0], save_probabilities, probability_maps)
-        return results
-
-    def _predict_format(self, data: Dataset, output_dir: str | os.PathLike | None,
-                        part: tuple[int, int] | None) -> dict[str, Any]:
-        """A benchmark folder's evaluation split (VOC/Cityscapes val, CamVid test), written as
-        the format's own files (:meth:`~medseg.io.Dataset.write_prediction`)."""
-        data = data.with_label_spec(self.plan.label_spec.agreed_with(data.label_spec, data.root))
-        cases = data.evaluation_cases if part is None else shard(sorted(data.evaluation_cases), *part)
-        results: dict[str, Any] = {}
-        for case in cases:
-            sample = data.load(case)
-            labels = self.predict_case(sample)
-            results[case] = labels if output_dir is None else data.write_prediction(
-                labels, sample.geometry, output_dir, case)
-        return results
-
-    def predict_cases(self, case_ids: Sequence[str], output_dir: str | os.PathLike, *,
-                      save_probabilities: bool = False, probability_maps: bool = False) -> dict[str, Path]:
-        """Predict cases of the pipeline's data and write them into ``output_dir`` (as :meth:`predict`)."""
-        data = self._require_data()
-        return {case: self._predict_and_write(data.load(case), output_dir, None, save_probabilities, probability_maps)
-                for case in case_ids}
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, case_ids: Sequence[str] | None = None, *, metrics: bool = False) -> dict[str, dict[int, dict[str, float]]]:

@@ -120,7 +120,12 @@ class Plan:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        """The plan as JSON types; ``augmentation`` only when not ``"auto"``, so that the settings
+        digest of runs and cross-validations saved before the field existed is unchanged."""
+        data = json.loads(json.dumps(asdict(self)))
+        if data.get("augmentation") == "auto":
+            del data["augmentation"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

@@ -242,3 +242,45 @@ def test_scores_equal_the_plain_folder_it_came_from(coco, tmp_path):
         assert [mine.metrics[k] for k in (1, 7)] == [plain.metrics[k] for k in (1, 2)]
         assert np.array_equal(mine.matrix, plain.matrix)
         assert mine.matrix.sum() == SIZE[0] * SIZE[1] - (200 if mine.case in CROWDED else 0)
+
+
+def test_sharded_writers_all_land_in_the_one_results_file(coco, tmp_path):
+    """Two processes (two dataset objects) writing parts of one split in turns: every entry survives."""
+    first, second = open_dataset(coco), open_dataset(coco)
+    cases = sorted(first.official_split["val"])
+    for number, case in enumerate(cases):  # parts interleave: 0, 1, 0, 1
+        data = (first, second)[number % 2]
+        values = np.asarray((0, 1, 7))[np.clip(data.load(case).label, 0, None)]
+        data.write_prediction(values, data.load(case).geometry, tmp_path / "pred", case)
+    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["segmentations_val2017_results.json"]  # no lock left
+    loaded = COCO(str(coco / "annotations" / "instances_val2017.json")).loadRes(
+        str(tmp_path / "pred" / "segmentations_val2017_results.json"))
+    assert {a["image_id"] for a in loaded.dataset["annotations"]} == {first.images[c].image_id for c in cases}
+    read = first.prediction_values(tmp_path / "pred")
+    assert sorted(read) == cases
+    for case in cases:
+        expected = first.reference_values(case).copy()
+        expected[expected == 255] = 0  # the prediction painted crowd pixels as background
+        assert np.array_equal(read[case], expected)
+
+
+def test_cv_report_overlays_read_the_results_json(coco, tmp_path):
+    """The report reads a fold's COCO prediction from its results JSON (category ids), not as an image."""
+    from medseg.evaluation.cv_report import _overlays
+
+    data = open_dataset(coco)
+    chosen = sorted(data.official_split["val"])[:2]
+    rows, files, expected = [], {}, {}
+    for number, case in enumerate(chosen):
+        sample = data.load(case)
+        expected[case] = np.asarray((0, 1, 7))[np.clip(sample.label, 0, None)]
+        if number == 1:
+            expected[case][:] = 0  # all background: no entry in the JSON
+        path = data.write_prediction(expected[case], sample.geometry, tmp_path / "fold_0" / "predictions", case)
+        files[case] = path.relative_to(tmp_path / "fold_0").as_posix()
+        rows.append({"case": case, "label": 1, "dice": 0.5 + number / 4})
+    overlays = _overlays(data, [{"fold": 0, "rows": rows, "predictions": files}], tmp_path, 2)
+    assert sorted(overlays) == chosen
+    for case in chosen:
+        assert np.array_equal(overlays[case].prediction, expected[case])
+    assert set(np.unique(overlays[chosen[0]].prediction)) == {0, 1, 7}

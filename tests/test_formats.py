@@ -248,3 +248,36 @@ def test_camvid_reads_the_32_class_label_colors_txt(built, tmp_path):
     assert set(np.unique(label)) == {-1, 0, 8}  # Void, Sky, Car
     assert data.label_spec.names == ("Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence",
                                      "Car", "Pedestrian", "Bicyclist")
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_cv_report_overlays_read_predictions_in_the_formats_values(built, tmp_path, name):
+    """The report's overlays read each fold's written prediction back through the format (VOC
+    palette indices, Cityscapes trainIds, CamVid colours -> class values), not as a raw image."""
+    from medseg.evaluation.cv_report import _overlays
+
+    data = open_dataset(built[1][name])
+    chosen = data.official_split["val"][:2]
+    expected, rows, files = {}, [], {}
+    for number, case in enumerate(chosen):
+        sample = data.load(case)
+        values = data.label_spec.decode(np.clip(sample.label, 0, None))  # the reference, void -> background
+        expected[case] = values
+        path = data.write_prediction(values, sample.geometry, tmp_path / "fold_0" / "predictions", case)
+        files[case] = path.relative_to(tmp_path / "fold_0").as_posix()
+        rows.append({"case": case, "label": HEAD[name], "dice": 0.5 + number / 4})
+    overlays = _overlays(data, [{"fold": 0, "rows": rows, "predictions": files}], tmp_path, 2)
+    assert sorted(overlays) == sorted(chosen)
+    for case in chosen:
+        assert set(np.unique(overlays[case].prediction)) == {BACKGROUND[name], HEAD[name]}
+        assert np.array_equal(overlays[case].prediction, expected[case])
+
+
+def test_natural_images_pad_labels_with_the_ignore_index(built):
+    """A photograph padded up to the patch: the padding is ignored, not trained as background."""
+    from medseg import Pipeline
+    from medseg.io.labels import IGNORE_INDEX
+
+    pipe = Pipeline(open_dataset(built[1]["voc"]))
+    assert pipe.plan.normalization == "imagenet" and pipe.plan.label_spec.ignore == 255
+    assert pipe._default_steps()[-1].config()["label_fill"] == IGNORE_INDEX

@@ -225,3 +225,14 @@ def test_2d_network_keeps_each_cases_own_slices(tmp_path: Path) -> None:
     prediction = pipe.predict_sample(Sample("fine", fine.image, fine.geometry))
     assert prediction.shape == (16, 16, 12)
     np.testing.assert_array_equal(prediction, fine.label)
+
+
+def test_auto_augmentation_is_left_out_of_the_saved_plan() -> None:
+    """A plan saved before ``augmentation`` existed has the same dict (and settings digest) today."""
+    plan = plan_dataset(MSDDataset(HIPPOCAMPUS))
+    assert plan.augmentation == "auto" and "augmentation" not in plan.to_dict()
+    old = plan.to_dict()
+    assert Plan.from_dict(old) == plan and Plan.from_dict(old).to_dict() == old
+    natural = plan.replace(augmentation="natural")
+    assert natural.to_dict()["augmentation"] == "natural"
+    assert Plan.from_dict(json.loads(json.dumps(natural.to_dict()))) == natural

@@ -170,3 +170,20 @@ def test_invert_labels_thresholds_regions_with_nothing_outside_the_crop():
         invert_labels(probabilities, prepared, reduce="argmx")
     with pytest.raises(ValueError, match=r"must be \(K, \*spatial\)"):
         invert_labels(probabilities[0], prepared)
+
+
+def test_pad_fills_the_label_with_the_ignore_index_and_inverts_as_before():
+    from medseg.io.labels import IGNORE_INDEX
+
+    label = np.array([[1, 0, 2], [0, 1, 1]], np.uint8)  # a uint8 map: the fill needs a signed type
+    sample = Sample("a", np.ones((1, 2, 3), np.float32), Geometry.from_spacing((2, 3)), label)
+    padded = Pad(min_shape=(4, 5), label_fill=IGNORE_INDEX)(sample)
+    expected = np.full((4, 5), IGNORE_INDEX)
+    expected[1:3, 1:4] = label
+    np.testing.assert_array_equal(padded.label, expected)
+    np.testing.assert_array_equal(Pad(min_shape=(4, 5))(sample).label, np.where(expected < 0, 0, expected))
+    assert create_step(**Pad(min_shape=(4, 5), label_fill=IGNORE_INDEX).config()).label_fill == IGNORE_INDEX
+    assert Pad(min_shape=(4, 5)).config() == {"name": "pad", "min_shape": [4, 5]}  # cache keys of 0 unchanged
+    probabilities = _onehot(np.clip(padded.label, 0, None), 3)
+    np.testing.assert_array_equal(invert(probabilities, padded).argmax(0), label)
+    np.testing.assert_array_equal(invert(probabilities, padded), invert(probabilities, Pad(min_shape=(4, 5))(sample)))

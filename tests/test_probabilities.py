@@ -190,3 +190,28 @@ def test_bad_requests_are_clear_errors(hippo, tmp_path):
     with pytest.raises(ValueError, match="needs `probabilities`"):
         pipe.write_prediction(np.zeros((4, 4, 4), np.uint8), Geometry.from_spacing((4, 4, 4)), tmp_path / "x.nii.gz",
                               probability_maps=True)
+
+
+def test_a_benchmark_folder_saves_probabilities_and_reads_grey_photos_as_rgb(tmp_path):
+    """The format path is the one predict-and-write path: a VOC folder's evaluation split gets
+    ``<case>.npz`` beside its palette PNGs (argmax = the palette index written), and a grey photo
+    given to the colour plan is read as three equal channels."""
+    from PIL import Image
+
+    from tests.format_folders import hc18_cases, write_voc
+
+    root = write_voc(tmp_path / "voc", hc18_cases(n=4))
+    data = medseg.io.open_dataset(root)
+    pipe = medseg.Pipeline(data, plan={"patch_size": (64, 64), "batch_size": 1, "features": (4, 8),
+                                             "pool_kernels": (), "conv_kernels": ()})
+    written = pipe.predict(root, tmp_path / "pred", save_probabilities=True)
+    assert sorted(written) == sorted(data.evaluation_cases)
+    for case, path in written.items():
+        probabilities = np.load(tmp_path / "pred" / f"{case}.npz")["probabilities"]
+        values = np.asarray(data.label_spec.values)[probabilities.argmax(0)]
+        assert np.array_equal(values.T, data.read_values(path))  # the palette PNG holds what the npz says
+        assert Image.open(path).mode == "P"
+    photo = data.load(data.evaluation_cases[0])
+    grey = Sample("grey", photo.image[:1], photo.geometry)
+    coloured = Sample("grey", np.repeat(photo.image[:1], 3, axis=0), photo.geometry)
+    assert np.array_equal(pipe.predict_case(grey), pipe.predict_case(coloured))

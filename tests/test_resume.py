@@ -193,6 +193,6 @@ def test_prediction_runs_the_networks_on_the_pipeline_device(disks, monkeypatch)
         seen.extend(next(n.parameters()).device.type for n in networks)
         return np.zeros((2, *image.shape[1:]), dtype=np.float32)
 
-    monkeypatch.setattr(medseg.pipeline, "predict_probabilities", predict)
+    monkeypatch.setattr(medseg.prediction, "predict_probabilities", predict)
     pipe.predict_probabilities(np.zeros((1, 32, 32), dtype=np.float32))
     assert seen == ["meta", "meta"]

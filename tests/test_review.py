@@ -197,3 +197,20 @@ def test_fold_ensemble_scores_disagreement_zero_for_identical_folds(loop):
     expected = entropy(mean, axis=0).mean() - np.mean([entropy(m, axis=0).mean() for m in members])
     assert spread == pytest.approx(float(expected), rel=1e-4) and spread > 1e-3
     np.testing.assert_allclose(probabilities, mean, atol=1e-6)
+
+
+def test_a_benchmark_format_dataset_is_refused_naming_the_format(loop, tmp_path, capsys):
+    """Corrections are plain label files; a VOC folder's labels decode through the format: refused
+    at init (before predicting) and at retrain, naming the format."""
+    from tests.format_folders import hc18_cases, write_voc
+
+    voc = write_voc(tmp_path / "voc", hc18_cases(n=4))
+    root = loop["root"]
+    assert main(["review", "init", str(root / "run"), str(loop["unlabeled"]), "--out", str(tmp_path / "rev"),
+                 "--data", str(voc)]) == 2
+    assert f"--data {voc}: a voc folder; `medseg review` (init, retrain) works on plain" in capsys.readouterr().err
+    assert not (tmp_path / "rev" / "review.json").exists() and not (tmp_path / "rev" / "labels").exists()
+    state = review.ReviewState.load(root / "rev")
+    state.data = str(voc)  # a review whose data became a format folder: retrain refuses too
+    with pytest.raises(medseg.errors.DataError, match="a voc folder"):
+        review.reviewed_dataset(state)

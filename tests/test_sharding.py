@@ -215,3 +215,15 @@ def test_cv_json_is_written_once(tmp_path):
     path = tmp_path / "cv.json"
     assert write_once(path, {"seed": 1}) and not write_once(path, {"seed": 2})
     assert json.loads(path.read_text()) == {"seed": 1} and [p.name for p in tmp_path.iterdir()] == ["cv.json"]
+
+
+@pytest.mark.parametrize("fold", [[], ["--fold", "0"]])
+def test_cv_under_torchrun_is_refused_naming_the_fix(disks, tmp_path, capsys, monkeypatch, fold):
+    """Every torchrun rank would take the same fold lock: refused before any fold is trained."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "cv"
+    assert main(_cv_args(disks, out, *fold)) != 0
+    message = _error(capsys, "cv")
+    assert "under torchrun" in message and "--fold K" in message and "Scaling out" in message
+    assert not (out / "fold_0").exists() and not (out / "locks").exists()

@@ -36,6 +36,17 @@ def _case_dice(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {case: float(np.mean(found)) for case, found in values.items()}
 
 
+def _written_prediction(data: Dataset, path: Path, case: str, reference_shape: tuple[int, ...]) -> np.ndarray:
+    """The prediction of ``case`` written at ``path``, read back as the dataset reads it: in the
+    dataset's values, on the sample's grid (a format's own encoding decoded: Cityscapes trainIds,
+    VOC/CamVid colours; COCO's results JSON, where an image without entries is all background)."""
+    if hasattr(data, "prediction_values"):  # COCO: one results JSON per split
+        return data.prediction_values(path).get(case, np.zeros(reference_shape, np.int32))
+    if hasattr(data, "read_values"):  # a format's label file, (H, W) -> (x, y)
+        return data.read_values(path).T
+    return read_image_file(path)[0][0]
+
+
 def _overlays(data: Dataset, results: Sequence[dict[str, Any]], output_dir: Path,
               count: int) -> dict[str, OverlayCase]:
     """Image, reference and written prediction of ``count`` cases spread from worst to best Dice."""
@@ -52,7 +63,7 @@ def _overlays(data: Dataset, results: Sequence[dict[str, Any]], output_dir: Path
     overlays = {}
     for case in dict.fromkeys(chosen):
         sample = data.load(case)
-        prediction = read_image_file(where[case])[0][0]
+        prediction = _written_prediction(data, where[case], case, reference_shape=sample.label.shape)
         reference = sample.label if data.label_spec is None else data.label_spec.decode(sample.label)
         overlays[case] = OverlayCase(sample.image, reference, prediction)  # both in the dataset's values
     return overlays

@@ -77,13 +77,17 @@ class Pad(Step):
 
     Args:
         min_shape: the smallest spatial shape wanted, typically the patch size.
+        label_fill: the label of the padded voxels: 0 (background), or
+            :data:`~medseg.io.labels.IGNORE_INDEX` so that padding is not trained on as a class
+            (photographs padded up to the patch).
     """
 
     name = "pad"
     moves_voxels_only = True  # type: ignore[assignment]
 
-    def __init__(self, *, min_shape: Sequence[int]) -> None:
+    def __init__(self, *, min_shape: Sequence[int], label_fill: int = 0) -> None:
         self.min_shape = tuple(int(s) for s in min_shape)
+        self.label_fill = int(label_fill)
         if any(s < 1 for s in self.min_shape):
             raise ValueError(f"Pad(min_shape={self.min_shape}): sizes must be positive.")
 
@@ -99,10 +103,15 @@ class Pad(Step):
         new_shape = tuple(s + b + a for s, b, a in zip(shape, before, after))
         return sample.replace(
             image=np.pad(sample.image, [(0, 0), *pads]),
-            label=None if sample.label is None else np.pad(sample.label, pads),
+            label=None if sample.label is None else np.pad(self._signed(sample.label), pads,
+                                                           constant_values=self.label_fill),
             geometry=_shifted(sample.geometry, [-b for b in before], new_shape),
             history=(*sample.history, (self, (shape, tuple(before)))),
         )
+
+    def _signed(self, label: np.ndarray) -> np.ndarray:
+        """``label``, in a signed type when the fill is negative (IGNORE_INDEX in a uint8 map)."""
+        return label.astype(np.int16) if self.label_fill < 0 and label.dtype.kind == "u" else label
 
     def invert(self, probabilities: np.ndarray, record: Any) -> np.ndarray:
         if record is None:
@@ -111,4 +120,5 @@ class Pad(Step):
         return probabilities[(slice(None), *(slice(b, b + s) for b, s in zip(before, shape)))]
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "min_shape": list(self.min_shape)}
+        config = {"name": self.name, "min_shape": list(self.min_shape)}
+        return config if self.label_fill == 0 else {**config, "label_fill": self.label_fill}  # keys of 0 unchanged

@@ -16,6 +16,7 @@ from ..io import Sample, find_images, load_image, read_image_file, write_label_f
 from ..io.cases import files_per_case
 from ..preprocessing import preprocess
 from .corrections import case_of, check_grid, check_values, read_correction, region_dice
+from .retrain import refuse_format_data
 from .state import ReviewState, now
 from .uncertainty import case_uncertainty
 from .viewers import itksnap_command, slicer_command
@@ -63,6 +64,8 @@ def init(
     if isinstance(held_out, int):
         held_out = _last_cases(held_out, data, pipe)
     state = _state_for(out, pipe, run=run, unlabeled=unlabeled, data=data, held_out=held_out)
+    if state.data is not None:
+        refuse_format_data(state.data)  # before predicting anything
     found = find_images(unlabeled, channels=files_per_case(unlabeled, pipe.plan.in_channels))
     clash = sorted(set(found) & set(state.train + state.held_out))
     if clash:

@@ -14,10 +14,22 @@ from ..errors import DataError
 from ..io import CaseFiles, Dataset, open_dataset
 from .state import ReviewState, now
 
-__all__ = ["held_out_dice", "retrain", "reviewed_dataset"]
+__all__ = ["held_out_dice", "refuse_format_data", "retrain", "reviewed_dataset"]
 
 log = logging.getLogger(__name__)
 _RUN_FILES = ("pipeline.json", "model.pt", "checkpoint.pt")
+
+
+def refuse_format_data(data: str | os.PathLike) -> None:
+    """Refuse a benchmark-format dataset (VOC, Cityscapes, CamVid, COCO) as the review's data:
+    its labels decode through the format, which the corrected cases (plain label files) lack."""
+    from ..io.formats import detect_format
+
+    name = detect_format(data) if Path(data).is_dir() else None
+    if name is not None:
+        raise DataError(f"--data {data}: a {name} folder; `medseg review` (init, retrain) works on plain "
+                        f"datasets only (MSD, images/ + labels/), as corrections are plain label files and "
+                        f"{name} labels decode through the format. Review a run trained on a plain folder.")
 
 
 def reviewed_dataset(state: ReviewState) -> Dataset:
@@ -25,6 +37,7 @@ def reviewed_dataset(state: ReviewState) -> Dataset:
     if state.data is None:
         raise DataError(f"{state.folder}: the review does not know the run's training data; run "
                         f"`medseg review init RUN UNLABELED --out {state.folder} --data DATA` once.")
+    refuse_format_data(state.data)
     base = open_dataset(state.data)
     missing = [c for c in [*state.train, *state.held_out] if c not in base.cases]
     if missing:

@@ -18,13 +18,17 @@ The classes are the categories sorted by id (class index ``i`` is the ``i``-th c
 background); the ignore value is 255 (or one above the largest category id when 255 is one).
 Predictions are written as a COCO results JSON (``segmentations_<split>_results.json``: one entry
 per image and predicted class, compressed RLE, score 1.0), which ``pycocotools.COCO.loadRes``
-reads; `CocoDataset.prediction_values` reads them back for ``medseg evaluate``.
+reads; processes predicting parts of one split (``--part K --parts N``, torchrun) add to that one
+file, each re-reading and rewriting it under ``<file>.lock``; `CocoDataset.prediction_values` reads them back for ``medseg evaluate``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +39,7 @@ from ..cases import CaseFiles
 from ..datasets import _groups, load_image
 from ..files import atomic_path
 from ..labels import LabelSpec
+from ..locks import LockHeld, OwnerLock
 from ..sample import Geometry, Sample
 from . import register
 from .base import FormatDataset
@@ -85,6 +90,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextmanager
+def _waiting_lock(path: Path, what: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold :class:`OwnerLock` ``path``, waiting (up to ``timeout`` s) while another process holds it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock = OwnerLock(path, what=what).acquire()
+            break
+        except LockHeld:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _image_file(root: Path, split: str, name: str, source: Path) -> Path:
     tried = [root / split / name, root / "images" / split / name, root / "images" / name, root / name]
     found = next((path for path in tried if path.is_file()), None)
@@ -133,7 +156,6 @@ class CocoDataset(FormatDataset):
         super().__init__(root, cases, split, spec, evaluation="val" if "val" in split else sorted(split)[0],
                          groups=_groups(cases, group_pattern))
         self.ignore_value = ignore
-        self._results: dict[Path, dict[int, list[dict[str, Any]]]] = {}
 
     def _read_split(self, root: Path, path: Path, categories: dict[int, str]) -> None:
         data = _read_json(path)
@@ -225,26 +247,25 @@ class CocoDataset(FormatDataset):
     def write_prediction(self, labels: np.ndarray, geometry: Geometry, folder: str | os.PathLike,
                          case: str) -> Path:
         """Add ``case``'s entries (one per predicted category, compressed RLE, score 1.0) to its
-        split's results JSON, replacing earlier entries of that image; written atomically."""
+        split's results JSON, replacing earlier entries of that image; written atomically.
+
+        The file is re-read and rewritten under ``<file>.lock``, so the processes of a sharded
+        prediction (``--part K --parts N``, torchrun) all add to the one official results file."""
         image = self.images[case]
         if np.shape(labels) != tuple(geometry.shape) or np.any(np.asarray(labels) == self.ignore_value):
             raise ValueError(f"{case}: a prediction of shape {np.shape(labels)} for an image of {geometry.shape}, "
                              f"holding the ignore value {self.ignore_value}? Pass what Pipeline.predict_case returns.")
         path = self.results_file(folder, case)
-        entries = self._results.get(path)
-        if entries is None:
-            entries = {}
-            for entry in json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []:
-                entries.setdefault(int(entry["image_id"]), []).append(entry)
-            self._results[path] = entries
         grid = np.asarray(labels).T
-        entries[image.image_id] = [
-            {"image_id": image.image_id, "category_id": int(value), "segmentation": encode_rle(grid == value),
-             "score": 1.0}
-            for value in np.unique(grid).tolist() if value != 0 and value != self.ignore_value]
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps([e for image_entries in entries.values() for e in image_entries]),
-                           encoding="utf-8")
+        mine = [{"image_id": image.image_id, "category_id": int(value), "segmentation": encode_rle(grid == value),
+                 "score": 1.0} for value in np.unique(grid).tolist() if value != 0 and value != self.ignore_value]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _waiting_lock(path.with_name(path.name + ".lock"), f"writing {path.name}"):
+            # re-read under the lock: other processes (--part K --parts N, torchrun) add to the same file
+            entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+            entries = [e for e in entries if int(e["image_id"]) != image.image_id] + mine
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(entries), encoding="utf-8")
         return path
 
     def prediction_values(self, folder: str | os.PathLike) -> dict[str, np.ndarray]:

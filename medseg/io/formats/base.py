@@ -78,12 +78,14 @@ class FormatDataset(Dataset):
 
     # -- what a subclass defines ------------------------------------------------------------------
     def read_values(self, path: Path) -> np.ndarray:
-        """A label file (reference or prediction) -> ``(H, W)`` values, 255 for ignored pixels."""
-        raise NotImplementedError
+        """A label file (reference or prediction) -> ``(H, W)`` values, 255 for ignored pixels.
+        Formats with label images define it; COCO keeps labels in JSON (``reference_values``)."""
+        raise TypeError(f"{type(self).__name__} has no label image files to read ({path}).")
 
     def prediction_image(self, values: np.ndarray):
-        """``(H, W)`` predicted values -> the PIL image the format stores."""
-        raise NotImplementedError
+        """``(H, W)`` predicted values -> the PIL image the format stores (formats that store
+        predictions as images define it; COCO writes a results JSON instead)."""
+        raise TypeError(f"{type(self).__name__} stores no prediction images.")
 
     def prediction_name(self, case: str) -> str:
         """The file name of ``case``'s prediction."""

@@ -125,6 +125,9 @@ SMALL = {  # narrow widths: exportability does not depend on them
 }
 
 
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}  # the network files an export folder holds
+
+
 def bench_architectures(names: list[str], formats: list[str], workdir: Path) -> None:
     """Export every registered architecture in 2D and 3D: OK with its dynamic axes, or the reason."""
     from medseg.architectures import create_architecture
@@ -139,7 +142,7 @@ def bench_architectures(names: list[str], formats: list[str], workdir: Path) -> 
             for fmt in formats:
                 start = time.perf_counter()
                 try:
-                    info = export_network(net, torch.randn(1, 1, *patch), workdir / f"{name}{d}.{fmt}", format=fmt)
+                    info = export_network(net, torch.randn(1, 1, *patch), workdir / f"{name}{d}{SUFFIX[fmt]}", format=fmt)
                     line = f"OK, dynamic axes {info['dynamic_axes']}, max |error| {info['max_abs_error']:.1e}"
                 except Exception as error:  # noqa: BLE001 - the reason is the result
                     line = f"FAILS: {' '.join(str(error).split())[:200]}"

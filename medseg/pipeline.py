@@ -19,23 +19,11 @@ from .evaluation.scoring import score_prediction
 from .evaluation.splits import split_validation
 from .inference import InferenceConfig
 from .inference.postprocess import to_label_values
-from .io import (
-    IGNORE_INDEX,
-    Dataset,
-    open_dataset,
-)
+from .io import IGNORE_INDEX, Dataset, open_dataset
 from .persistence import load_pipeline, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
 from .prediction import Predicting
-from .preprocessing import (
-    CropForeground,
-    CTNormalize,
-    Pad,
-    Resample,
-    RGBNormalize,
-    Step,
-    ZScore,
-)
+from .preprocessing import CropForeground, CTNormalize, Pad, Resample, RGBNormalize, Step, ZScore
 from .preprocessing.cache import PreprocessedCases
 from .sampling import PatchSampler, PatchStream, create_augmentation, make_loader
 from .training import TrainingConfig, distributed, train

@@ -399,7 +399,5 @@ def open_dataset(path: str | os.PathLike, format: str | None = None, **kwargs) -
         return MSDDataset(path, **kwargs)
     if (path / "images").is_dir():
         return FolderDataset(path, **kwargs)
-    raise DataError(
-        f"{path}: expected an MSD/nnU-Net folder (dataset.json, imagesTr/, labelsTr/) or a folder "
-        "with images/ and labels/ (or masks/)."
-    )
+    raise DataError(f"{path}: expected an MSD/nnU-Net folder (dataset.json, imagesTr/, labelsTr/), a folder with "
+                    "images/ and labels/ (or masks/), or a VOC, Cityscapes, CamVid or COCO folder (see --format).")

@@ -33,6 +33,7 @@ from ..io.files import full_suffix
 from ..io.labels import LabelSpec
 from ..io.readers import Image2DIO, read_image_file
 from .confusion import confusion_matrix, dataset_rows, dataset_scores
+from .format_pairs import Values, format_dataset, format_pairs
 from .metrics import METRIC_NAMES, compute_metrics, confusion_counts, dice_per_label, summarize
 from .tables import read_json, write_csv, write_json
 
@@ -158,39 +159,9 @@ def _match(preds: dict, refs: dict, predictions, references, missing: Missing, c
     return [(case, preds.get(case), refs[case]) for case in cases]
 
 
-class _Values(NamedTuple):
-    """A label map a dataset format decoded (``(*spatial)`` values), and the file it came from."""
-
-    path: Path
-    values: np.ndarray
-
-
-def _format_dataset(references: str | os.PathLike):
-    """The benchmark-format dataset (COCO, VOC...) ``references`` is, or ``None``."""
-    from ..io.formats import detect_format, format_class
-
-    name = detect_format(references) if Path(references).is_dir() else None
-    return None if name is None else format_class(name)(Path(references))
-
-
-def _format_pairs(data, predictions, missing: Missing, cases: Sequence[str] | None) -> list:
-    """The pairs of a format dataset: predictions in its own files, references from its labels.
-    Without ``cases``, the references are every case of each split that has a prediction."""
-    if hasattr(data, "prediction_values"):
-        preds = {c: _Values(Path(predictions), v) for c, v in data.prediction_values(predictions).items()}
-        reference = data.reference_values
-    else:  # one label file per case (VOC, Cityscapes, CamVid)
-        preds = {c: _Values(p, data.read_values(p).T) for c, p in data.prediction_files(predictions).items()}
-        reference = lambda case: data.read_values(data.cases[case].label).T  # noqa: E731
-    touched = [ids for ids in data.official_split.values() if set(ids) & set(preds)]
-    wanted = sorted({*(c for ids in touched for c in ids), *preds} if cases is None else cases)
-    refs = {c: _Values(data.cases[c].label, reference(c)) for c in wanted if c in data.cases}
-    return _match(preds, refs, predictions, data.root, missing, cases)
-
-
-def _read_label(path: Path | _Values):
+def _read_label(path: Path | Values):
     """A label file; a 2D image mask stored as 0/255 reads as 0/1, as datasets read it."""
-    if isinstance(path, _Values):
+    if isinstance(path, Values):
         return path.values[None], None
     array, grid = read_image_file(path)
     if full_suffix(path) in Image2DIO.suffixes and 255 in array and set(np.unique(array).tolist()) == {0, 255}:
@@ -260,7 +231,7 @@ def resolve_classes(
         return values, None, "--labels"
     if run is not None:
         return None, spec_of_run(run), f"the plan of {run}"
-    data = _format_dataset(references)
+    data = format_dataset(references)
     if data is not None:
         return None, data.label_spec, f"the {type(data).__name__} at {references}"
     spec = spec_beside(references)
@@ -303,9 +274,9 @@ def score_folders(
         missing: what a reference without a prediction means (see the module docstring).
         cases: score these cases only (each needs a reference), e.g. a test set.
     """
-    data = _format_dataset(references)
+    data = format_dataset(references)
     pairs = (match_cases(predictions, references, missing, cases) if data is None
-             else _format_pairs(data, predictions, missing, cases))
+             else _match(*format_pairs(data, predictions, cases), predictions, data.root, missing, cases))
     ignore = spec.ignore if spec is not None else None
     if labels is None and spec is None:  # the values found in references and predictions
         found: set[int] = set()

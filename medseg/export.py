@@ -23,10 +23,10 @@ from torch import nn
 
 from .errors import DataError, MedsegError, look_up_option
 from .inference.exported import (
-    _ONNX_EXTRA,
     EXPORT_FORMATS,
+    ONNX_EXTRA,
+    ExportedNetwork,
     MissingExtraError,
-    _Inference,
     load_network_file,
 )
 from .io import atomic_path
@@ -60,7 +60,7 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic: b
         import onnx
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as error:
-        raise MissingExtraError(f"{_ONNX_EXTRA} ({error}).") from error
+        raise MissingExtraError(f"{ONNX_EXTRA} ({error}).") from error
     from torch.export import Dim
 
     axes = (0, *range(2, example.ndim)) if dynamic else (0,)
@@ -194,6 +194,6 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, format: str = 
     if out.exists() and (out.resolve() == run.resolve() or (out / "model.pt").exists() or (out / "cv.json").exists()):
         raise DataError(f"--out {out} holds a training run; export into a new folder (medseg export RUN --out DIR).")
     pipe = Pipeline.load(run, device="cpu")
-    if isinstance(pipe.network, _Inference):
+    if isinstance(pipe.network, ExportedNetwork):
         raise DataError(f"{run} is an export folder already; export the training run it came from.")
     return export_pipeline(pipe, out, format=format)

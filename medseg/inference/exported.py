@@ -19,12 +19,12 @@ from torch import nn
 
 from ..errors import DataError, MedsegError, look_up_option
 
-__all__ = ["EXPORT_FORMATS", "MissingExtraError", "OnnxNetwork", "TorchScriptNetwork", "load_exported_networks", "onnxruntime_providers"]
+__all__ = ["EXPORT_FORMATS", "ONNX_EXTRA", "ExportedNetwork", "MissingExtraError", "OnnxNetwork", "TorchScriptNetwork", "load_exported_networks", "onnxruntime_providers"]
 
 #: format name -> file suffix of its network files.
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 
-_ONNX_EXTRA = "ONNX export and ONNX Runtime need the optional packages onnx, onnxscript and onnxruntime: pip install 'medseg[onnx]'"
+ONNX_EXTRA = "ONNX export and ONNX Runtime need the optional packages onnx, onnxscript and onnxruntime: pip install 'medseg[onnx]'"
 
 
 class MissingExtraError(MedsegError, ImportError):
@@ -35,7 +35,7 @@ def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as error:
-        raise MissingExtraError(f"{_ONNX_EXTRA} ({error}).") from error
+        raise MissingExtraError(f"{ONNX_EXTRA} ({error}).") from error
     return onnxruntime
 
 
@@ -47,17 +47,17 @@ def onnxruntime_providers(device: torch.device | str = "cpu") -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
-class _Inference(nn.Module):
+class ExportedNetwork(nn.Module):
     """An exported network predicts only: switching it to training raises."""
 
-    def train(self, mode: bool = True) -> _Inference:
+    def train(self, mode: bool = True) -> ExportedNetwork:
         if mode:
             raise MedsegError(f"{type(self).__name__}: an exported network can only predict; train the run it came from "
                               "(medseg train --resume) and export it again.")
         return super().train(False)
 
 
-class OnnxNetwork(_Inference):
+class OnnxNetwork(ExportedNetwork):
     """An ONNX model run by ONNX Runtime, shaped as a network: ``(B, C, *spatial)`` float32 in,
     logits ``(B, K, *spatial)`` out, on the input's device.
 
@@ -97,7 +97,7 @@ class OnnxNetwork(_Inference):
         return f"{self.path.name}, providers={self.session.get_providers()}"
 
 
-class TorchScriptNetwork(_Inference):
+class TorchScriptNetwork(ExportedNetwork):
     """A TorchScript file (``torch.jit.trace`` of the network) shaped as a network.
 
     Args:

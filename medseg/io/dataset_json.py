@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .files import atomic_path, full_suffix
+from .files import full_suffix
+from .json_files import write_json
 from .labels import LabelSpec
 
 __all__ = ["DatasetJson", "label_spec_from_json", "read_dataset_json", "write_dataset_json"]
@@ -209,6 +210,4 @@ def write_dataset_json(
         meta["regions_class_order"] = list(spec.regions_class_order)
     meta.update(dict(extra or {}))
     path = Path(folder) / "dataset.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    return path
+    return write_json(path, meta)

@@ -219,7 +219,7 @@ def load_image(files: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     return image, geometry
 
 
-def _groups(cases: dict[str, CaseFiles], pattern: str | None) -> dict[str, str]:
+def case_groups(cases: dict[str, CaseFiles], pattern: str | None) -> dict[str, str]:
     if pattern is None:
         return {}
     regex: Callable[[str], re.Match[str] | None] = re.compile(pattern).search
@@ -292,7 +292,7 @@ class FolderDataset(Dataset):
         found = find_images(image_dir, channels=None if declared is None else len(declared))
         cases = match_labels(found, label_dir) if label_dir is not None else {c: CaseFiles(f) for c, f in found.items()}
         spec = _as_classes(classes)
-        super().__init__(cases, modality=declared, groups=_groups(cases, group_pattern),
+        super().__init__(cases, modality=declared, groups=case_groups(cases, group_pattern),
                          root=Path(root or image_dir), label_spec=spec)
 
 
@@ -334,7 +334,7 @@ class MSDDataset(Dataset):
         super().__init__(
             cases,
             modality=declared,
-            groups=_groups(cases, group_pattern),
+            groups=case_groups(cases, group_pattern),
             test_cases={c: CaseFiles(f) for c, f in test.items()},
             root=root,
             label_spec=spec,

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..io import atomic_path
+from ..io.json_files import write_json
 
 __all__ = ["FORMAT", "ReviewState", "now"]
 
@@ -77,8 +78,7 @@ class ReviewState:
     def save(self) -> None:
         """Write ``review.json`` and ``queue.csv`` atomically."""
         data = {"format": FORMAT, **{k: v for k, v in asdict(self).items() if k != "folder"}}
-        with atomic_path(self.folder / "review.json") as tmp:
-            tmp.write_text(json.dumps(data, indent=2))
+        write_json(self.folder / "review.json", data)
         with atomic_path(self.folder / "queue.csv") as tmp:
             tmp.write_text(self.queue_text())
 

@@ -36,8 +36,8 @@ import numpy as np
 
 from ...errors import DataError
 from ..cases import CaseFiles
-from ..datasets import _groups, load_image
-from ..files import atomic_path
+from ..datasets import case_groups, load_image
+from ..json_files import write_json
 from ..labels import LabelSpec
 from ..locks import LockHeld, OwnerLock
 from ..sample import Geometry, Sample
@@ -154,7 +154,7 @@ class CocoDataset(FormatDataset):
         for case, image in self.images.items():
             split.setdefault(_SPLITS.get(image.split, image.split), []).append(case)
         super().__init__(root, cases, split, spec, evaluation="val" if "val" in split else sorted(split)[0],
-                         groups=_groups(cases, group_pattern))
+                         groups=case_groups(cases, group_pattern))
         self.ignore_value = ignore
 
     def _read_split(self, root: Path, path: Path, categories: dict[int, str]) -> None:
@@ -264,8 +264,7 @@ class CocoDataset(FormatDataset):
             # re-read under the lock: other processes (--part K --parts N, torchrun) add to the same file
             entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
             entries = [e for e in entries if int(e["image_id"]) != image.image_id] + mine
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(entries), encoding="utf-8")
+            write_json(path, entries, indent=None)
         return path
 
     def prediction_values(self, folder: str | os.PathLike) -> dict[str, np.ndarray]:

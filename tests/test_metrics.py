@@ -377,10 +377,12 @@ def test_bad_inputs_raise():
 
 def test_metrics_module_does_not_need_torch():
     code = (
-        "import importlib.util, sys, numpy as np\n"
+        "import importlib.util, sys, types, numpy as np\n"
         "sys.modules['torch'] = None\n"  # any `import torch` now fails
-        f"spec = importlib.util.spec_from_file_location('m', {str(METRICS_FILE)!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        # the evaluation folder as a bare package: its modules load without medseg/__init__.py
+        f"pkg = types.ModuleType('ev'); pkg.__path__ = [{str(METRICS_FILE.parent)!r}]; sys.modules['ev'] = pkg\n"
+        f"spec = importlib.util.spec_from_file_location('ev.metrics', {str(METRICS_FILE)!r})\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['ev.metrics'] = m; spec.loader.exec_module(m)\n"
         "a = np.zeros((5, 5, 5), int); a[1:3, 1:3, 1:3] = 1\n"
         "assert m.compute_metrics(a, a, spacing=(1, 2, 3))[1]['hd95'] == 0.0\n"
     )

@@ -27,11 +27,13 @@ processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import KDTree
+
+from .summaries import METRIC_NAMES, metrics_to_rows, summarize
+from .surface_distances import distance_metrics
 
 __all__ = [
     "COUNT_NAMES",
@@ -46,24 +48,9 @@ __all__ = [
 Target = int | tuple[int, ...]
 """A label value, or a region: the tuple of label values scored as one mask."""
 
-METRIC_NAMES: tuple[str, ...] = (
-    "dice",
-    "iou",
-    "precision",
-    "recall",
-    "specificity",
-    "volume_difference",
-    "hd",
-    "hd95",
-    "assd",
-    "nsd",
-)
-"""The keys of the per-label dictionaries :func:`compute_metrics` returns, in report order."""
-
 COUNT_NAMES: tuple[str, ...] = ("TP", "FP", "FN", "TN", "n_pred", "n_ref")
 """The keys of :func:`confusion_counts` (nnU-Net's ``summary.json`` names)."""
 
-_SUMMARY_KEYS = ("mean", "std", "median", "n", "n_nan", "n_inf")
 
 
 def _as_label_map(array: object, name: str) -> np.ndarray:
@@ -207,48 +194,6 @@ def _label_boxes(
     return boxes
 
 
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """Foreground voxels with a face neighbour in the background (outside counts as background)."""
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
-
-
-def _surface_distances(
-    pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances pred-edge -> nearest ref-edge and ref-edge -> nearest pred-edge, both non-empty.
-
-    ``pred`` and ``ref`` are cropped to the bounding box of both masks; one voxel of background
-    margin is added all round, as MONAI's cropping does, so the image border counts as outside.
-    """
-    pred, ref = np.pad(pred, 1), np.pad(ref, 1)
-    points_pred = np.argwhere(_edges(pred)) * spacing  # physical coordinates of surface voxels
-    points_ref = np.argwhere(_edges(ref)) * spacing
-    # Exact nearest-neighbour distances between the two surface point sets. A KD-tree over the
-    # sparse surface voxels (MONAI's CPU choice) beats a dense distance transform of the box:
-    # measured 0.25 s against 1.1 s for a 5-million-voxel box, and never slower on smaller ones.
-    pred_to_ref = KDTree(points_ref, leafsize=32).query(points_pred, k=1)[0]
-    ref_to_pred = KDTree(points_pred, leafsize=32).query(points_ref, k=1)[0]
-    return pred_to_ref, ref_to_pred
-
-
-def _distance_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, tolerance: float
-) -> dict[str, float]:
-    has_pred, has_ref = bool(pred.any()), bool(ref.any())
-    if not has_pred and not has_ref:
-        return {"hd": 0.0, "hd95": 0.0, "assd": 0.0, "nsd": 1.0}
-    if not has_pred or not has_ref:
-        return {"hd": math.inf, "hd95": math.inf, "assd": math.inf, "nsd": 0.0}
-    pred_to_ref, ref_to_pred = _surface_distances(pred, ref, spacing)
-    both = np.concatenate([pred_to_ref, ref_to_pred])
-    return {
-        "hd": float(both.max()),
-        "hd95": float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))),
-        "assd": float(both.mean()),
-        "nsd": float(np.count_nonzero(both <= tolerance) / both.size),
-    }
-
-
 def compute_metrics(
     prediction: np.ndarray,
     reference: np.ndarray,
@@ -313,7 +258,7 @@ def compute_metrics(
         if kept is not None:
             pred &= kept[box]
         values = _overlap_metrics(pred, ref, size, voxel_volume)
-        values.update(_distance_metrics(pred, ref, spacing_array, float(nsd_tolerance)))
+        values.update(distance_metrics(pred, ref, spacing_array, float(nsd_tolerance)))
         results[label] = {name: float(values[name]) for name in METRIC_NAMES}
     return results
 
@@ -409,70 +354,3 @@ def confusion_counts(
         counts[target] = dict(zip(COUNT_NAMES, (tp, fp, fn, prediction.size - tp - fp - fn, n_pred, n_ref),
                                   strict=True))
     return counts
-
-
-def metrics_to_rows(
-    metrics: Mapping[int, Mapping[str, float]], *, case: str, fold: int | None = None
-) -> list[dict[str, object]]:
-    """Flatten one case's :func:`compute_metrics` result into rows for :func:`summarize`/reports.
-
-    Example:
-        >>> metrics_to_rows({1: {"dice": 0.5}}, case="c1", fold=0)
-        [{'fold': 0, 'case': 'c1', 'label': 1, 'dice': 0.5}]
-    """
-    return [
-        {"fold": fold, "case": case, "label": int(label), **dict(values)}
-        for label, values in metrics.items()
-    ]
-
-
-def _describe(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=np.float64)
-    nan, inf = np.isnan(array), np.isinf(array)
-    finite = array[~nan & ~inf]
-    stats = (
-        (float(finite.mean()), float(finite.std()), float(np.median(finite)))
-        if finite.size
-        else (math.nan, math.nan, math.nan)
-    )
-    return dict(
-        zip(_SUMMARY_KEYS, (*stats, int(finite.size), int(nan.sum()), int(inf.sum())), strict=True)
-    )
-
-
-def summarize(rows: Iterable[Mapping[str, object]]) -> dict[int, dict[str, dict[str, float]]]:
-    """Mean, standard deviation and median per label and metric over per-case rows.
-
-    Statistics use finite values only: NaN is ignored and infinite values (a surface distance
-    when one mask is empty) are left out of the statistics but counted in ``n_inf``, so a mean
-    HD95 always reads with how many cases had no surface. ``std`` is the population standard
-    deviation (``numpy.std``, ddof=0). A metric with no finite value has NaN statistics.
-
-    Args:
-        rows: dicts holding ``label`` and metric keys (others, e.g. ``fold`` and ``case``, are
-            ignored), as :func:`metrics_to_rows` gives.
-
-    Returns:
-        ``{label: {metric: {"mean", "std", "median", "n", "n_nan", "n_inf"}}}``, labels sorted,
-        metrics in :data:`METRIC_NAMES` order.
-
-    Example:
-        >>> summarize([{"label": 1, "dice": 0.5}, {"label": 1, "dice": 1.0}])[1]["dice"]["mean"]
-        0.75
-    """
-    collected: dict[int, dict[str, list[float]]] = {}
-    for row in rows:
-        if "label" not in row:
-            raise ValueError(f"each row needs a 'label' key, got keys {sorted(row)}.")
-        per_metric = collected.setdefault(int(row["label"]), {})
-        for name in METRIC_NAMES:
-            if name in row and row[name] is not None:
-                per_metric.setdefault(name, []).append(float(row[name]))
-    return {
-        label: {
-            name: _describe(collected[label][name])
-            for name in METRIC_NAMES
-            if name in collected[label]
-        }
-        for label in sorted(collected)
-    }

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 import medseg
 from medseg.architectures import UNet
-from medseg.losses import CrossEntropyLoss, DiceLoss
+from medseg.losses import CrossEntropyLoss, DiceLoss, RegionDiceLoss, SensitivitySpecificityLoss
 from medseg.preprocessing.cache import PreprocessedCases
 from medseg.sampling import PatchSampler, PatchStream, create_augmentation
 from medseg.training import TrainingConfig, load_checkpoint, train
@@ -105,11 +105,33 @@ def _ddp_step(rank: int, folder: str) -> None:
     torch.save(network.state_dict(), Path(folder) / f"rank{rank}.pt")
 
 
+def _batch_losses():
+    """The batch losses with sums to synchronise, beside Dice: region Dice, sensitivity-specificity."""
+    return {"region_dice": (RegionDiceLoss(regions=[(1,)], batch=True), 1),  # (loss, logit channels)
+            "sens_spec": (SensitivitySpecificityLoss(r=0.3, batch=True, include_background=False), 2)}
+
+
+def _synced_losses(rank: int, folder: str) -> None:
+    """Each rank's synchronised loss on its half of the global batch, and its logits' gradient."""
+    generator = torch.Generator().manual_seed(2)
+    every = torch.randn(4, 2, 8, 8, generator=generator)[2 * rank: 2 * rank + 2]
+    target = _global_batch()["label"][:, :8, :8][2 * rank: 2 * rank + 2]
+    results = {}
+    for name, (loss, channels) in _batch_losses().items():
+        loss.sync = True
+        logits = every[:, :channels].clone().requires_grad_()
+        value = loss(logits, target)
+        value.backward()
+        results[name] = (value.detach(), logits.grad.clone())
+    torch.save(results, Path(folder) / f"losses{rank}.pt")
+
+
 def _ranks(rank: int, port: int, data: str, folder: str, cache: str) -> None:
     """What the two ranks of the first run do (one launch: each start costs seconds): one DDP
-    step, then a two-epoch Pipeline.fit."""
+    step, the synchronised batch losses, then a two-epoch Pipeline.fit."""
     _join(rank, 2, port)
     _ddp_step(rank, folder)
+    _synced_losses(rank, folder)
     _fit(rank, port, data, str(Path(folder) / "run"), cache, 2, False)
 
 
@@ -138,6 +160,24 @@ def test_one_ddp_step_equals_one_step_on_the_union_of_the_ranks_batches(first_ru
     union_grad = [p.grad for p in _grad_on(_global_batch())]
     gap = max(float((p.grad - g).abs().max()) for p, g in zip(local.parameters(), union_grad, strict=True))
     assert gap > 1e-4  # the unsynchronised batch Dice would have given another step
+
+
+def test_synced_region_and_sensitivity_losses_are_the_global_batch_losses(first_run):
+    generator = torch.Generator().manual_seed(2)
+    every = torch.randn(4, 2, 8, 8, generator=generator)
+    target = _global_batch()["label"][:, :8, :8]
+    for name, (loss, channels) in _batch_losses().items():
+        logits = every[:, :channels].clone().requires_grad_()
+        whole = loss(logits, target)
+        whole.backward()
+        halves = [loss(logits.detach()[i: i + 2], target[i: i + 2]) for i in (0, 2)]
+        assert abs(float(halves[0]) - float(whole)) > 1e-4  # a half alone gives another loss
+        for rank in (0, 1):
+            value, grad = torch.load(first_run / f"losses{rank}.pt", weights_only=True)[name]
+            torch.testing.assert_close(value, whole.detach(), atol=1e-6, rtol=0)
+            # every rank's loss is the global one, so each rank's logits get both ranks' share;
+            # DDP then divides the summed parameter gradients by the 2 ranks
+            torch.testing.assert_close(grad, 2 * logits.grad[2 * rank: 2 * rank + 2], atol=1e-6, rtol=0)
 
 
 def _grad_on(batch):

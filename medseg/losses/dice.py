@@ -48,6 +48,16 @@ def probabilities_and_one_hot(
     return probs, truth
 
 
+def global_sums(sums: tuple[torch.Tensor, ...], enabled: bool) -> tuple[torch.Tensor, ...]:
+    """``sums`` added over every process of a distributed run when ``enabled`` (one collective,
+    autograd-aware), else as they are: what a batch loss's ``sync`` does."""
+    if not enabled:
+        return sums
+    from medseg.training.distributed import all_reduce_sum
+
+    return tuple(all_reduce_sum(torch.stack(sums)).unbind(0))
+
+
 class _RegionLoss(Loss):
     """Shared constructor and sums of the overlap losses."""
 
@@ -68,12 +78,7 @@ class _RegionLoss(Loss):
         """``sum(pg), sum(p), sum(g)``, each ``(B, C')``, or ``(C',)`` when ``batch``."""
         probs, truth = probabilities_and_one_hot(logits, target, self.include_background)
         axes = spatial_axes(probs, self.batch)
-        sums = (probs * truth).sum(axes), probs.sum(axes), truth.sum(axes)
-        if self.batch and self.sync:  # one collective for the three sums
-            from medseg.training.distributed import all_reduce_sum
-
-            return tuple(all_reduce_sum(torch.stack(sums)).unbind(0))
-        return sums
+        return global_sums(((probs * truth).sum(axes), probs.sum(axes), truth.sum(axes)), self.batch and self.sync)
 
     def extra_repr(self) -> str:
         return f"include_background={self.include_background}, smooth={self.smooth}, batch={self.batch}"

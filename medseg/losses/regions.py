@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.losses.base import IGNORE_INDEX, Loss, check_flag, check_number, spatial_axes
+from medseg.losses.dice import global_sums
 
 __all__ = ["RegionBCELoss", "RegionDiceLoss", "loss_activation"]
 
@@ -104,6 +105,9 @@ class RegionDiceLoss(_SigmoidLoss):
         0
     """
 
+    sync = False
+    """With ``batch``: the sums cover the global batch of a distributed run (see DiceLoss)."""
+
     def __init__(self, regions: Sequence[Sequence[int]] | None = None, smooth: float = 1e-5,
                  batch: bool = False) -> None:
         super().__init__(regions)
@@ -115,7 +119,8 @@ class RegionDiceLoss(_SigmoidLoss):
         masks, valid = self.targets(logits, target)
         probs = torch.sigmoid(logits.float()) * valid
         axes = spatial_axes(probs, self.batch)
-        inter, sum_p, sum_g = (probs * masks).sum(axes), probs.sum(axes), masks.sum(axes)
+        inter, sum_p, sum_g = global_sums(((probs * masks).sum(axes), probs.sum(axes), masks.sum(axes)),
+                                          self.batch and self.sync)
         return (1.0 - (2.0 * inter + self.smooth) / (sum_p + sum_g + self.smooth)).mean()
 
     def extra_repr(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medseg.losses.base import as_labels, check_number, spatial_axes, valid_mask
-from medseg.losses.dice import _RegionLoss, probabilities_and_one_hot
+from medseg.losses.dice import _RegionLoss, global_sums, probabilities_and_one_hot
 
 __all__ = ["SensitivitySpecificityLoss"]
 
@@ -50,10 +50,11 @@ class SensitivitySpecificityLoss(_RegionLoss):
         axes = spatial_axes(probs, self.batch)
         valid = valid_mask(as_labels(logits, target)).unsqueeze(1).float()
         squared = (truth - probs) ** 2
-        on_object = (squared * truth).sum(axes)
-        volume = truth.sum(axes)
-        off_object = squared.sum(axes) - on_object
-        background = valid.sum(axes) - volume
+        on_object, volume, squared_sum, valid_sum = global_sums(
+            ((squared * truth).sum(axes), truth.sum(axes), squared.sum(axes), valid.expand_as(truth).sum(axes)),
+            self.batch and self.sync)
+        off_object = squared_sum - on_object
+        background = valid_sum - volume
         sensitivity = on_object / (volume + self.smooth)
         specificity = off_object / (background + self.smooth)
         return (self.r * sensitivity + (1.0 - self.r) * specificity).mean()

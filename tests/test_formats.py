@@ -80,6 +80,8 @@ def test_each_layout_is_detected_and_reads_classes_void_and_split(built):
     assert classes == {1: 13} and set(np.unique(instances)) == {0, 1}
     camvid = open_dataset(roots["camvid"])
     assert camvid.evaluation == "test" and len(camvid.official_split["test"]) == 2
+    # road and Sky are classes, not a background: scored; VOC and COCO have a background
+    assert 0 in city.label_spec.scored and 0 in camvid.label_spec.scored and 0 not in voc.label_spec.scored
 
 
 def test_cityscapes_ids_map_to_train_ids_as_labels_py():

@@ -161,3 +161,30 @@ def test_test_cases_are_predicted_and_written_by_id(trained, relabelled, tmp_pat
     written = pipe.predict_cases(["unseen_case"], tmp_path)
     assert written["unseen_case"] == tmp_path / "unseen_case.nii.gz"
     np.testing.assert_array_equal(read_image_file(written["unseen_case"])[0][0], trained.predict(image)[image.name[:-7]])
+
+
+def test_a_dataset_without_background_scores_and_samples_class_0():
+    spec = LabelSpec((0, 1, 2), ("road", "car", "sky"), ignore=255, background=False)
+    assert spec.scored == {0: "road", 1: "car", 2: "sky"} and spec.scored_values == (0, 1, 2)
+    assert LabelSpec.from_dict(spec.to_dict()) == spec
+    plain = LabelSpec((0, 1), ("background", "car"))
+    assert "background" not in plain.to_dict() and plain.scored == {1: "car"}  # saved plans keep their digest
+    reference = spec.encode(np.array([[0, 0, 1, 255], [2, 0, 1, 1]]))
+    prediction = np.array([[0, 1, 1, 2], [2, 0, 0, 1]])  # dataset values; the ignored pixel predicted 2
+    scores = score_prediction(prediction, reference, spec)
+    # road: reference {(0,0),(0,1),(1,1)}, predicted {(0,0),(1,1),(1,2)}: 2 shared -> 2*2/(3+3)
+    assert scores[0]["dice"] == pytest.approx(4 / 6)
+    # car: reference {(0,2),(1,2),(1,3)}, predicted {(0,1),(0,2),(1,3)}: 2 shared -> 4/6; sky: 1 of 1
+    assert scores[1]["dice"] == pytest.approx(4 / 6) and scores[2]["dice"] == 1.0
+    assert set(score_prediction(prediction, plain.encode(np.array([[0, 0, 1, 1], [1, 0, 1, 1]])), plain)) == {1}
+
+
+def test_foreground_locations_include_class_0_only_without_background():
+    from medseg.preprocessing.cache import _foreground
+
+    label = np.array([[0, 0, 1], [-1, 2, 2]])
+    assert sorted(_foreground(label, seed=0)) == ["class_1", "class_2"]
+    found = _foreground(label, seed=0, first=0)
+    assert sorted(found) == ["class_0", "class_1", "class_2"]
+    assert found["class_0"].tolist() == [[0, 0], [0, 1]]  # the ignored voxel is no location
+

@@ -83,7 +83,7 @@ def targets_of(spec: LabelSpec | None = None, labels: Sequence[int] | None = Non
     if spec.regions:
         return [Target(int(order), tuple(spec.values[i] for i in region), True)
                 for region, order in zip(spec.regions, spec.regions_class_order, strict=True)]
-    return [Target(v, (v,)) for v in spec.values[1:]]
+    return [Target(v, (v,)) for v in spec.scored_values]
 
 
 @dataclass

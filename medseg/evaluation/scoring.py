@@ -51,7 +51,7 @@ def score_prediction(
         raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape; "
                          "score a prediction on the grid its reference was read on.")
     values = np.where(reference == IGNORE_INDEX, IGNORE_INDEX, spec.decode(reference).astype(np.int32))
-    targets: dict[int, Target] = {value: value for value in spec.values[1:]}
+    targets: dict[int, Target] = {value: value for value in spec.scored_values}
     if spec.is_regions:  # a region of a map: the voxels whose values lie in it
         targets = {key: tuple(spec.values[i] for i in region)
                    for key, region in zip(spec.regions_class_order, spec.regions, strict=True)}

@@ -11,6 +11,7 @@ from .datasets import (
     open_dataset,
 )
 from .files import atomic_path, case_id_of, check_case_id, full_suffix
+from .instances import InstanceDataset, as_instances, read_instances, write_instances
 from .labels import IGNORE_INDEX, LabelSpec
 from .readers import (
     READERS,
@@ -35,12 +36,14 @@ __all__ = [
     "Geometry",
     "Image2DIO",
     "ImageIO",
+    "InstanceDataset",
     "LabelSpec",
     "MSDDataset",
     "NiftiIO",
     "NumpyIO",
     "Sample",
     "SimpleITKIO",
+    "as_instances",
     "atomic_path",
     "case_id_of",
     "check_case_id",
@@ -52,6 +55,8 @@ __all__ = [
     "output_suffix",
     "read_dataset_json",
     "read_image_file",
+    "read_instances",
     "write_dataset_json",
+    "write_instances",
     "write_label_file",
 ]

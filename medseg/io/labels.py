@@ -45,6 +45,9 @@ class LabelSpec:
         region_names: one name per region.
         regions_class_order: per region, the dataset value a voxel predicted in that region is
             written with; later regions overwrite earlier ones (nnU-Net's rule).
+        background: whether class index 0 is a background, left out of scoring and of
+            foreground sampling. ``False`` where index 0 is a real class (Cityscapes' road,
+            CamVid's sky, with the void pixels as the ignore label).
     """
 
     values: tuple[int, ...]
@@ -53,6 +56,7 @@ class LabelSpec:
     regions: tuple[tuple[int, ...], ...] = ()
     region_names: tuple[str, ...] = ()
     regions_class_order: tuple[int, ...] = ()
+    background: bool = True
 
     def __post_init__(self) -> None:
         values = tuple(int(v) for v in self.values)
@@ -81,6 +85,7 @@ class LabelSpec:
         object.__setattr__(self, "regions", regions)
         object.__setattr__(self, "region_names", region_names)
         object.__setattr__(self, "regions_class_order", order)
+        object.__setattr__(self, "background", bool(self.background))
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -103,7 +108,12 @@ class LabelSpec:
         keyed by their ``regions_class_order`` value."""
         if self.regions:
             return dict(zip(self.regions_class_order, self.region_names))
-        return {v: n for v, n in zip(self.values[1:], self.names[1:])}
+        return {v: n for v, n in zip(self.values, self.names) if v != 0 or not self.background}
+
+    @property
+    def scored_values(self) -> tuple[int, ...]:
+        """The dataset values of the classes scored (every class but a background 0)."""
+        return self.values[1:] if self.background else self.values
 
     @property
     def is_identity(self) -> bool:
@@ -186,11 +196,13 @@ class LabelSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"values": list(self.values), "names": list(self.names), "ignore": self.ignore,
                 "regions": [list(r) for r in self.regions], "region_names": list(self.region_names),
-                "regions_class_order": list(self.regions_class_order)}
+                "regions_class_order": list(self.regions_class_order),
+                **({} if self.background else {"background": False})}  # saved plans keep their digest
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabelSpec:
         return cls(values=tuple(data["values"]), names=tuple(data.get("names", ())), ignore=data.get("ignore"),
                    regions=tuple(tuple(r) for r in data.get("regions", ())),
                    region_names=tuple(data.get("region_names", ())),
-                   regions_class_order=tuple(data.get("regions_class_order", ())))
+                   regions_class_order=tuple(data.get("regions_class_order", ())),
+                   background=bool(data.get("background", True)))

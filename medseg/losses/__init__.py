@@ -36,6 +36,11 @@ from medseg.losses.cross_entropy import (
 )
 from medseg.losses.dice import DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
 from medseg.losses.hausdorff import HausdorffDTLoss
+from medseg.losses.iou_balanced import (
+    DETECTION_LOSSES,
+    IoUBalancedClassificationLoss,
+    IoUBalancedLocalisationLoss,
+)
 from medseg.losses.lovasz import LovaszSoftmaxLoss
 from medseg.losses.regions import RegionBCELoss, RegionDiceLoss, loss_activation
 from medseg.losses.sensitivity_specificity import SensitivitySpecificityLoss
@@ -44,11 +49,14 @@ __all__ = [
     "BoundaryLoss",
     "CompoundLoss",
     "CrossEntropyLoss",
+    "DETECTION_LOSSES",
     "DiceLoss",
     "DistancePenalizedCELoss",
     "FocalLoss",
     "GeneralizedDiceLoss",
     "HausdorffDTLoss",
+    "IoUBalancedClassificationLoss",
+    "IoUBalancedLocalisationLoss",
     "JaccardLoss",
     "LOSSES",
     "LinearSchedule",
@@ -143,6 +151,8 @@ def create_loss(name: str, **kwargs: Any) -> Loss:
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a loss name such as 'dice' or 'dice+ce', got {name!r}.")
+    if name.strip().lower() in DETECTION_LOSSES:  # per-box (pred, target, ious) losses, never compound
+        return DETECTION_LOSSES[name.strip().lower()](**kwargs)
     parts = [look_up_option(part.strip(), LOSSES, argument="loss name") for part in name.split("+")]
     if len(parts) == 1:
         return LOSSES[parts[0]](**kwargs)
@@ -179,7 +189,7 @@ def loss_config(loss: nn.Module) -> dict[str, Any] | None:
         if None in parts or None in weights:
             return None
         return {"name": "compound", "losses": parts, "weights": weights}
-    name = next((key for key, cls in LOSSES.items() if type(loss) is cls), None)
+    name = next((key for key, cls in {**LOSSES, **DETECTION_LOSSES}.items() if type(loss) is cls), None)
     arguments = getattr(loss, "init_args", None)
     if name is None or arguments is None:
         return None
@@ -202,7 +212,8 @@ def loss_from_config(config: str | dict[str, Any]) -> Loss:
         parts = [loss_from_config(part) for part in config["losses"]]
         return CompoundLoss(parts, [weight_from_config(w) for w in config["weights"]])
     arguments = {key: value for key, value in config.items() if key != "name"}
-    return LOSSES[look_up_option(config["name"], LOSSES, argument="loss name")](**arguments)
+    registry = {**LOSSES, **DETECTION_LOSSES}
+    return registry[look_up_option(config["name"], registry, argument="loss name")](**arguments)
 
 
 def _plain(value: Any) -> Any:

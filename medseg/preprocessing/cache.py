@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..instances.encoding import label_dtype
 from ..io.datasets import Dataset
 from ..io.files import atomic_path
 from ..io.sample import Geometry
@@ -65,16 +66,20 @@ def _save(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def _foreground(label: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def _foreground(label: np.ndarray, seed: int, first: int = 1) -> dict[str, np.ndarray]:
+    """Up to ``_MAX_LOCATIONS`` voxel coordinates of each label value ``>= first`` (0 where class
+    0 is a real class, not a background). One sort of the kept voxels, whatever the number of
+    values (an instance label holds one value per object)."""
     rng = np.random.default_rng(seed)
+    flat = label.ravel()
+    kept = np.flatnonzero(flat >= first)
+    kept = kept[np.argsort(flat[kept], kind="stable")]  # voxels grouped by value, in index order
+    values, starts = np.unique(flat[kept], return_index=True)
     found = {}
-    for cls in np.unique(label):
-        if cls <= 0:
-            continue
-        coords = np.argwhere(label == cls)
-        if len(coords) > _MAX_LOCATIONS:
-            coords = coords[rng.choice(len(coords), _MAX_LOCATIONS, replace=False)]
-        found[f"class_{int(cls)}"] = coords.astype(np.int32)
+    for value, group in zip(values.tolist(), np.split(kept, starts[1:]), strict=True):
+        if len(group) > _MAX_LOCATIONS:
+            group = np.sort(group[rng.choice(len(group), _MAX_LOCATIONS, replace=False)])
+        found[f"class_{int(value)}"] = np.stack(np.unravel_index(group, label.shape), axis=1).astype(np.int32)
     return found
 
 
@@ -84,10 +89,11 @@ def _build(args: tuple[Dataset, Sequence[Step], str, Path]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _save(folder / "image.npy", np.ascontiguousarray(sample.image, dtype=np.float32))
     if sample.label is not None:
-        dtype = np.int8 if sample.label.max(initial=0) < 128 else np.int16
+        dtype = label_dtype(sample.label)  # encoded instance labels may need int32
         _save(folder / "label.npy", np.ascontiguousarray(sample.label, dtype=dtype))
         with atomic_path(folder / "foreground.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **_foreground(sample.label, seed=len(case)))
+            spec = dataset.label_spec
+            np.savez(handle, **_foreground(sample.label, seed=len(case), first=int(spec is None or spec.background)))
     with atomic_path(folder / "geometry.json") as tmp:  # written last: marks the case complete
         tmp.write_text(json.dumps(sample.geometry.to_dict()))
 
@@ -119,7 +125,7 @@ class PreprocessedCases:
         spec = getattr(dataset, "label_spec", None)  # cached labels are class indices under it
         key = _digest({"root": str(dataset.root and Path(dataset.root).resolve()),
                        "steps": [s.config() for s in self.steps], "version": 2, "code": code_version(),
-                       "labels": None if spec is None else spec.to_dict()})
+                       "labels": None if spec is None else spec.to_dict(), **getattr(dataset, "cache_tags", {})})
         self.root = Path(cache_dir or default_cache_dir()) / key
         self.workers = workers or min(4, os.cpu_count() or 1)
 

@@ -19,6 +19,7 @@ from monai.transforms import Affine
 from monai.transforms.utils import create_rotate, create_scale
 
 from ..errors import look_up_option
+from ..instances.encoding import label_dtype
 from ..preprocessing.resample import ANISOTROPY
 
 __all__ = ["AUGMENTATIONS", "Augmentation", "create_augmentation"]
@@ -114,7 +115,7 @@ class Augmentation:
             span = max(float(high - low), 1e-8)
             image = ((image - low) / span) ** params["gamma"] * span + low
         # labels stay 8-bit on their way through the workers; the trainer widens them on device
-        dtype = np.int8 if label.max(initial=0) < 128 else np.int16
+        dtype = label_dtype(label)  # int32 for encoded instance labels past 32767
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=dtype)
 
     def source_size(self, params: dict[str, Any], size: Sequence[int]) -> tuple[int, ...]:

@@ -29,7 +29,7 @@ from .palettes import CAMVID_11, VOID, camvid_class_colours, camvid_class_of, co
 
 __all__ = ["CamVidDataset", "read_colour_table"]
 
-_SPEC = LabelSpec(tuple(range(len(CAMVID_11))), CAMVID_11, ignore=VOID)
+_SPEC = LabelSpec(tuple(range(len(CAMVID_11))), CAMVID_11, ignore=VOID, background=False)
 _TABLES = ("class_dict.csv", "label_colors.txt")
 _SPLITS = ("train", "val", "test")
 

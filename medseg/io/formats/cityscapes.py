@@ -29,7 +29,7 @@ from .palettes import CITYSCAPES_TRAIN_NAMES, VOID, id_to_train_id, train_id_to_
 
 __all__ = ["CityscapesDataset"]
 
-_SPEC = LabelSpec(tuple(range(len(CITYSCAPES_TRAIN_NAMES))), CITYSCAPES_TRAIN_NAMES, ignore=VOID)
+_SPEC = LabelSpec(tuple(range(len(CITYSCAPES_TRAIN_NAMES))), CITYSCAPES_TRAIN_NAMES, ignore=VOID, background=False)
 _IMAGE = "_leftImg8bit.png"
 
 

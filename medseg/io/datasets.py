@@ -159,7 +159,7 @@ class Dataset:
         label = None
         if files.label is not None:
             label_data, label_geometry = read_image_file(files.label)
-            label_data = _one_channel(label_data, files.label)
+            label_data = one_channel(label_data, files.label)
             if not label_geometry.same_grid(geometry, atol=1e-3):
                 raise DataError(
                     f"{files.label}: label grid (shape {label_geometry.shape}, spacing "
@@ -188,7 +188,7 @@ class Dataset:
         return label.astype(np.int16 if values.max() > 127 else np.int8)
 
 
-def _one_channel(label: np.ndarray, path: Path) -> np.ndarray:
+def one_channel(label: np.ndarray, path: Path) -> np.ndarray:
     """A label map's single channel; a mask saved as RGB(A) with equal colour channels is one."""
     if label.shape[0] > 1 and full_suffix(path) in Image2DIO.suffixes and all(
             np.array_equal(label[0], c) for c in label[1:3]):

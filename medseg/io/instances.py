@@ -37,10 +37,11 @@ from scipy import ndimage
 from ..errors import DataError, look_up_option
 from ..instances.encoding import components, decode, encode
 from .cases import CaseFiles
-from .datasets import Dataset, _one_channel
+from .datasets import Dataset, one_channel
 from .files import atomic_path, case_id_of, check_case_id, full_suffix
 from .json_files import write_json
 from .labels import IGNORE_INDEX, LabelSpec
+from .locks import waiting_lock
 from .readers import Image2DIO, io_for, read_image_file, write_label_file
 from .sample import Geometry, Sample
 
@@ -286,7 +287,7 @@ def _raw_instances(path: Path, geometry: Geometry | None = None, image_name: str
     """An instance map file's ids (int64), checked: one channel, on the image's grid (when
     ``geometry`` is given), whole numbers, no negatives but the ignore index."""
     data, grid = read_image_file(path)
-    data = _one_channel(data, path)
+    data = one_channel(data, path)
     if geometry is not None and not grid.same_grid(geometry, atol=1e-3):
         raise DataError(f"{path}: instance map grid (shape {grid.shape}, spacing {np.round(grid.spacing, 4).tolist()}) "
                         f"differs from its image {image_name} (shape {geometry.shape}); resample it onto the image.")
@@ -336,12 +337,11 @@ def _records(instance_map: np.ndarray, classes: Mapping[int, int], numbers: Mapp
 def _merge_coco(folder: Path, file_name: str, instance_map: np.ndarray, records: list[dict[str, Any]],
                 spec: LabelSpec) -> None:
     """Put this image's objects into ``folder/instances_coco.json``, under its lock."""
-    from .formats.coco import _waiting_lock
     from .formats.coco_masks import bbox, encode_rle
 
     grid = instance_map.T  # medseg's (x, y) -> COCO's (h, w)
     path = folder / COCO_FILE
-    with _waiting_lock(path.with_name(path.name + ".lock"), f"writing {path.name}"):
+    with waiting_lock(path.with_name(path.name + ".lock"), f"writing {path.name}"):
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         images = data.get("images", [])
         old = next((i for i in images if i.get("file_name") == file_name), None)

@@ -28,12 +28,14 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import MedsegError
 
-__all__ = ["LockHeld", "OwnerLock", "lock_holder", "lock_owner"]
+__all__ = ["LockHeld", "OwnerLock", "lock_holder", "lock_owner", "waiting_lock"]
 
 _GRACE_S = 10.0  # an empty or partly written lock file younger than this is being written
 HEARTBEAT_S = 60.0  # the owner touches its lock this often
@@ -205,3 +207,21 @@ class OwnerLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextmanager
+def waiting_lock(path: Path, what: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold :class:`OwnerLock` ``path``, waiting (up to ``timeout`` s) while another process holds it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock = OwnerLock(path, what=what).acquire()
+            break
+        except LockHeld:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()

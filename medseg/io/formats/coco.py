@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,7 +36,7 @@ from ..cases import CaseFiles
 from ..datasets import case_groups, load_image
 from ..json_files import write_json
 from ..labels import LabelSpec
-from ..locks import LockHeld, OwnerLock
+from ..locks import waiting_lock
 from ..sample import Geometry, Sample
 from . import register
 from .base import FormatDataset
@@ -88,24 +85,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: a COCO instances file needs 'images', 'annotations' and 'categories'; "
                         f"it lacks {missing}.")
     return data
-
-
-@contextmanager
-def _waiting_lock(path: Path, what: str, timeout: float = 600.0) -> Iterator[None]:
-    """Hold :class:`OwnerLock` ``path``, waiting (up to ``timeout`` s) while another process holds it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            lock = OwnerLock(path, what=what).acquire()
-            break
-        except LockHeld:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _image_file(root: Path, split: str, name: str, source: Path) -> Path:
@@ -260,7 +239,7 @@ class CocoDataset(FormatDataset):
         mine = [{"image_id": image.image_id, "category_id": int(value), "segmentation": encode_rle(grid == value),
                  "score": 1.0} for value in np.unique(grid).tolist() if value != 0 and value != self.ignore_value]
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _waiting_lock(path.with_name(path.name + ".lock"), f"writing {path.name}"):
+        with waiting_lock(path.with_name(path.name + ".lock"), f"writing {path.name}"):
             # re-read under the lock: other processes (--part K --parts N, torchrun) add to the same file
             entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
             entries = [e for e in entries if int(e["image_id"]) != image.image_id] + mine

@@ -187,3 +187,20 @@ def test_pad_fills_the_label_with_the_ignore_index_and_inverts_as_before():
     probabilities = _onehot(np.clip(padded.label, 0, None), 3)
     np.testing.assert_array_equal(invert(probabilities, padded).argmax(0), label)
     np.testing.assert_array_equal(invert(probabilities, padded), invert(probabilities, Pad(min_shape=(4, 5))(sample)))
+
+
+@pytest.mark.parametrize("lowres_axis", [None, 2])
+def test_resize_label_of_many_values_equals_argmax_of_all_one_hot_channels(lowres_axis):
+    """An instance label (one value per object) takes the memory-light path; it must give what
+    the argmax over every resized one-hot channel gives (nnU-Net's label resampling)."""
+    from scipy import ndimage
+
+    from medseg.preprocessing.resample import resize, resize_label
+
+    label = ndimage.median_filter(np.random.default_rng(0).integers(0, 30, (20, 24, 10)), 3).astype(np.int32)
+    values = np.unique(label)
+    assert len(values) > 8  # the running-argmax path
+    onehot = np.stack([label == v for v in values]).astype(np.float32)
+    expected = values[np.argmax(resize(onehot, (31, 17, 14), order=1, lowres_axis=lowres_axis), axis=0)]
+    got = resize_label(label, (31, 17, 14), lowres_axis)
+    assert got.dtype == label.dtype and np.array_equal(got, expected)

@@ -59,9 +59,19 @@ def resize_label(label: np.ndarray, shape: Sequence[int], lowres_axis: int | Non
     if tuple(label.shape) == tuple(shape):
         return label
     classes = np.unique(label)
-    onehot = np.stack([label == c for c in classes]).astype(np.float32)
-    probabilities = resize(onehot, shape, order=1, lowres_axis=lowres_axis)
-    return classes[np.argmax(probabilities, axis=0)].astype(label.dtype)
+    if len(classes) <= 8:  # few classes: one resize of all channels
+        onehot = np.stack([label == c for c in classes]).astype(np.float32)
+        probabilities = resize(onehot, shape, order=1, lowres_axis=lowres_axis)
+        return classes[np.argmax(probabilities, axis=0)].astype(label.dtype)
+    # an instance label holds one value per object: keep a running argmax (two arrays in memory,
+    # not one per value); the first value reaching the maximum wins, as np.argmax picks it
+    best = np.full(tuple(shape), -np.inf, dtype=np.float32)
+    out = np.zeros(tuple(shape), dtype=label.dtype)
+    for value in classes:
+        channel = resize((label == value)[None].astype(np.float32), shape, order=1, lowres_axis=lowres_axis)[0]
+        better = channel > best
+        best[better], out[better] = channel[better], value
+    return out
 
 
 def resampled_geometry(geometry: Geometry, shape: Sequence[int]) -> Geometry:

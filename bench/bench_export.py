@@ -186,9 +186,9 @@ def main() -> None:
             bench_cases(f"HC18, {args.cases} held-out images", pipes,
                         _held_out(args.hc18 / "images", samples / "hc18", args.cases, "*.png"), args.repeats)
         if args.only == "architectures":  # not part of the default run: ~1-4 min per ONNX export on 2 busy cores
-            from medseg.architectures import ARCHITECTURES
+            from medseg.architectures import ARCHITECTURES, DETECTORS
 
-            names = list(ARCHITECTURES) if args.architectures == "all" else args.architectures.split(",")
+            names = sorted(set(ARCHITECTURES) - DETECTORS) if args.architectures == "all" else args.architectures.split(",")
             bench_architectures(names, ["onnx", "torchscript"], work)
             return
         volume = tuple(int(v) for v in args.volume.split(","))

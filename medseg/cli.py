@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import cli_export, cli_review
+from . import cli_export, cli_instances, cli_review
 from .cli_options import (
     Parser,
     add_fold_flags,
@@ -73,7 +73,7 @@ def _new_pipeline(data: Any, settings: dict[str, Any], args: argparse.Namespace)
         sampler=PatchSampler(**settings["sampler"]) if settings.get("sampler") else None,
         training=TrainingConfig(**settings.get("training", {})),
         inference=InferenceConfig(**settings.get("inference", {})),
-        device=args.device, cache_dir=args.cache_dir,
+        device=args.device, cache_dir=args.cache_dir, **cli_instances.task_options(args),
     )
 
 
@@ -158,7 +158,7 @@ def _train(args: argparse.Namespace) -> int:
              output_dir=out, resume=args.resume)
     distributed.shutdown()
     if pipe.split.get("val") and world.is_main:
-        _print_dice(pipe.evaluate(), pipe.plan.label_spec.scored)
+        cli_instances.print_validation(pipe, _print_dice)
     if world.is_main:
         print(f"saved to {out}")
     return 0
@@ -200,7 +200,7 @@ def _predict(args: argparse.Namespace) -> int:
         cases = pipe.split.get(args.split) or []
         if not cases:
             raise ValueError(f"{args.run}: the run has no {args.split!r} split; predict a folder instead.")
-        pipe.data = data.with_label_spec(pipe.plan.label_spec)  # read as the run was trained
+        pipe.data = pipe.task_data(data)  # read as the run was trained
         cases = cases if part is None else shard(sorted(cases), *part)
         pipe.predict_cases(cases, args.out, save_probabilities=args.save_probabilities, probability_maps=args.probability_maps)
         print(f"wrote {len(cases)} predictions to {args.out}")
@@ -240,8 +240,8 @@ def _plan(args: argparse.Namespace) -> int:
     from .pipeline import default_device
     from .planning import plan_dataset
 
-    # the plan `medseg train` would use here: the same device rule as the Pipeline's
-    plan = plan_dataset(_open_data(args), spatial_dims=args.spatial_dims, device=args.device or default_device())
+    plan = plan_dataset(cli_instances.task_data(_open_data(args), args),  # what `medseg train` would plan from
+                        spatial_dims=args.spatial_dims, device=args.device or default_device())
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan)
     return 0
 
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score a reference without a prediction as an empty prediction (default: error)")
     missing.add_argument("--predicted-only", action="store_true",
                          help="score only the cases that have a prediction (default: error)")
-    evaluate.set_defaults(func=_evaluate)
+    cli_instances.add_evaluate_flags(evaluate, _evaluate)  # --task instance goes to cli_instances.evaluate
 
     plan = sub.add_parser("plan", help="print the plan medseg derives from a dataset")
     plan.add_argument("data")
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--modality", type=parse_names, default=None, help="one name per channel: CT, or T1,T2")
     plan.add_argument("--classes", type=parse_classes, default=None, help="label values and names: 1=liver,2=tumour")
     plan.add_argument("--format", default=None, help="dataset layout: voc, cityscapes, camvid, coco (default: detected)")
+    cli_instances.add_task_flags(plan)
     plan.set_defaults(func=_plan)
 
     cli_export.add_parser(sub)  # medseg export (parser and handler there)

@@ -134,6 +134,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, per_fold: bool = Fals
                         help="label values and names: 1=liver,2=tumour (0 is the background)")
     parser.add_argument("--group-pattern", default=None,
                         help=r"regex whose group 1 is a case's subject, kept on one side of splits (e.g. '^(\d+)_')")
+    from .cli_instances import add_task_flags
+
+    add_task_flags(parser)  # --task instance, --instances MODE
 
 
 def add_fold_flags(parser: argparse.ArgumentParser) -> None:

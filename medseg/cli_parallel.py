@@ -47,7 +47,7 @@ def run_cv(pipe: Any, out: Path, args: argparse.Namespace) -> int:
         remove_stale_temporaries(out)
         remove_stale_temporaries(pipe.preprocessed_cases().root)
         summary = cross_validate(pipe, folds=args.folds, output_dir=out, seed=seed)
-    names = pipe.plan.label_spec.scored  # the summary is keyed by dataset value (or region)
+    names = pipe.instance_spec.scored  # the summary is keyed by dataset value (or region); instances: the K classes
     for label, dice in summary["mean_dice"].items():
         print(f"  mean Dice {label_title(label, names)}: {dice:.4f}")
     print(f"report: {summary['report']}" if "report" in summary else f"fold {args.fold}: {summary['output_dir']}")

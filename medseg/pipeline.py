@@ -19,6 +19,7 @@ from .evaluation.scoring import score_prediction
 from .evaluation.splits import split_validation
 from .inference import InferenceConfig
 from .inference.postprocess import to_label_values
+from .instance_tasks import InstanceTasks
 from .io import IGNORE_INDEX, Dataset, open_dataset
 from .persistence import load_pipeline, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
@@ -38,7 +39,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Pipeline(Predicting):
+class Pipeline(InstanceTasks, Predicting):
     """Data in, trained model and predictions out, every part replaceable.
 
     Args:
@@ -55,6 +56,10 @@ class Pipeline(Predicting):
         inference: an :class:`~medseg.inference.InferenceConfig`.
         device: ``"cuda"`` when there is a GPU, else ``"cpu"``.
         cache_dir: where preprocessed cases are cached.
+        task: ``"semantic"`` (default) or ``"instance"`` (``architecture="maskrcnn"`` or
+            ``"bordercore"``; see :mod:`medseg.instance_tasks`).
+        instances: how labels become instances: ``"auto"``, ``"map"`` or ``"components"``
+            (:class:`~medseg.io.instances.InstanceDataset`).
 
     Example:
         >>> pipe = Pipeline("data_samples/hippocampus")  # doctest: +SKIP
@@ -75,6 +80,8 @@ class Pipeline(Predicting):
         inference: InferenceConfig | None = None,
         device: str | None = None,
         cache_dir: str | os.PathLike | None = None,
+        task: str | None = None,
+        instances: str | None = None,
     ) -> None:
         self.data = open_dataset(data) if isinstance(data, (str, os.PathLike)) else data
         self.device = device or default_device()
@@ -84,6 +91,7 @@ class Pipeline(Predicting):
         self.training = training or TrainingConfig()
         self.inference = inference or InferenceConfig()
         self.fingerprint = None
+        plan, architecture = self._task_setup(plan, task, instances, architecture)  # instance data read before planning
         if plan is None or isinstance(plan, Mapping):  # a mapping replaces fields of the planned plan
             if self.data is None:
                 raise ValueError("Pipeline needs `data` to plan from, or an explicit `plan`.")
@@ -107,6 +115,7 @@ class Pipeline(Predicting):
         self.sampler.slice_axis = plan.slice_axis
         self.preprocessing = self._fit_steps(preprocessing)
         self.architecture_spec, self.network = self._build_network(architecture)
+        self._check_instance_network()
         self.loss_spec, self.loss = self._build_loss(loss)
         self.history: list[dict[str, float]] = []
         self.split: dict[str, list[str]] = {}
@@ -140,8 +149,8 @@ class Pipeline(Predicting):
             spec = {"name": architecture, **common}
         elif isinstance(architecture, nn.Module):  # medseg networks record their arguments
             return getattr(architecture, "hparams", None), architecture
-        elif isinstance(architecture, dict):
-            spec = dict(architecture)
+        elif isinstance(architecture, dict):  # e.g. {"name": "maskrcnn", "widths": [...]}: the plan's channels
+            spec = {**common, **architecture}
         else:
             raise TypeError(f"architecture must be a torch.nn.Module or a name, got {type(architecture).__name__}.")
         torch.manual_seed(self.training.seed)
@@ -162,7 +171,7 @@ class Pipeline(Predicting):
     def preprocessed_cases(self) -> PreprocessedCases:
         """The dataset's cases through this pipeline's preprocessing, cached on disk
         (``.build(case_ids)`` writes them; ``.image(case)``, ``.label(case)`` read them)."""
-        return PreprocessedCases(self._require_data(), self.preprocessing, cache_dir=self.cache_dir)
+        return PreprocessedCases(self._require_data(), self.preprocessing, cache_dir=self._cases_cache_dir())
 
     def split_cases(self, train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
                     val_fraction: float | None = None) -> tuple[list[str], list[str]]:
@@ -238,7 +247,7 @@ class Pipeline(Predicting):
         stream = PatchStream(
             cases, train_ids, self.sampler, batch_size=distributed.local_batch(self.plan.batch_size, world),
             augmentation=self._augmentation(config.augmentation),
-            precompute=self._precompute(), num_classes=self.plan.num_classes, spacing=self._patch_spacing(),
+            precompute=self._precompute(), num_classes=self._stream_classes, spacing=self._patch_spacing(),
             seed=config.seed, rank=world.rank,
         )
         def batches(start: int):  # batch i depends on (seed, i, rank) only: a resumed run continues at its batch
@@ -247,14 +256,14 @@ class Pipeline(Predicting):
         if output is not None and world.is_main:
             output.mkdir(parents=True, exist_ok=True)
             self._write_config(output)
-        validate = (lambda: self._validation_dice(cases, val_ids[:50])) if val_ids else None
+        validate = (lambda: self._validation_score(cases, val_ids[:50])) if val_ids else None
         self.history = train(
             self.network, self.loss, batches, config=config,
             checkpoint=None if output is None else output / "checkpoint.pt",
             resume=resume, validate=validate, device=device, fixed_shapes=True,
             first_batch=sum(int(h.get("steps", 0)) for h in self.history),  # a further fit draws new patches
         )
-        if val_ids and self.inference.largest_component is None:
+        if val_ids and self.inference.largest_component is None and not self.is_instance:
             self._choose_postprocessing(cases, val_ids)
         if output is not None and world.is_main:
             self.save(output)
@@ -313,6 +322,8 @@ class Pipeline(Predicting):
 
         Returns ``{case: {value: {metric: score}}}`` (Dice only unless ``metrics``).
         """
+        if self.is_instance:  # {case: {metric: value}}, see evaluate_instances
+            return self.evaluate_instances(case_ids)
         data = self._require_data()
         case_ids = list(case_ids or self.split.get("val") or [])
         if not case_ids:

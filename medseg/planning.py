@@ -44,6 +44,7 @@ _BATCH_VOXELS = {("cpu", 2): 6 * 320 * 224, ("cpu", 3): 4 * 40 * 56 * 40,
 _IMAGE_VOXELS = {("cpu", 2): 192 * 192, ("cpu", 3): 160 ** 3, ("cuda", 2): 1024 * 1024, ("cuda", 3): 320 ** 3}
 _MAX_BATCH = {2: 16, 3: 8}
 _MIN_EDGE = 4  # smallest bottleneck edge in voxels (nnU-Net's min feature map size)
+_MIN_OBJECT_VOXELS = 8  # an instance keeps this many voxels across when the planner coarsens the grid
 _MAX_POOLS = {2: 5, 3: 4}  # most downsamplings per axis
 
 
@@ -72,6 +73,10 @@ class Plan:
             entries); default 3 on every axis.
         augmentation: the augmentation preset (:data:`~medseg.sampling.AUGMENTATIONS`), ``"auto"``
             for ``2d``/``3d`` by the network; ``"natural"`` (scaling 0.5-2x) for RGB photographs.
+        task: ``"semantic"``, or ``"instance"`` (:mod:`medseg.instance_tasks`).
+        instances: for an instance task, ``{"mode", "target", "labels"}``: how labels became
+            instances, what the network learns (``"instances"`` or ``"bordercore"``) and the
+            semantic classes; ``None`` otherwise.
     """
 
     spatial_dims: int
@@ -90,6 +95,8 @@ class Plan:
     pool_kernels: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
     conv_kernels: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
     augmentation: str = "auto"
+    task: str = "semantic"
+    instances: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         stages, dims = len(self.features), self.spatial_dims
@@ -120,11 +127,13 @@ class Plan:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as JSON types; ``augmentation`` only when not ``"auto"``, so that the settings
-        digest of runs and cross-validations saved before the field existed is unchanged."""
+        """The plan as JSON types; ``augmentation``, ``task`` and ``instances`` only when not at
+        their defaults, so that the settings digest of runs and cross-validations saved before
+        the fields existed is unchanged."""
         data = json.loads(json.dumps(asdict(self)))
-        if data.get("augmentation") == "auto":
-            del data["augmentation"]
+        for key, default in (("augmentation", "auto"), ("task", "semantic"), ("instances", None)):
+            if data.get(key, default) == default:
+                data.pop(key, None)
         return data
 
     @classmethod
@@ -137,9 +146,12 @@ class Plan:
 
     def __str__(self) -> str:
         rows = [f"  {k:<15} {v}" for k, v in asdict(self).items()
-                if k not in ("intensity", "labels", "pool_kernels", "conv_kernels")]
+                if k not in ("intensity", "labels", "pool_kernels", "conv_kernels", "task", "instances")]
         rows.append(f"  {'pool_kernels':<15} {' '.join('x'.join(map(str, k)) for k in self.pool_kernels)}")
         rows.append(f"  {'conv_kernels':<15} {' '.join('x'.join(map(str, k)) for k in self.conv_kernels)}")
+        if self.task != "semantic":
+            found = self.instances or {}
+            rows.append(f"  {'task':<15} {self.task}: {found.get('target')}, instances by {found.get('mode')}")
         spec = self.label_spec
         if spec.ignore is not None or spec.regions or not spec.is_identity:
             rows.append(f"  {'label values':<15} {list(spec.values)}"
@@ -345,6 +357,18 @@ def _network_plan(
     return patch, final, convs
 
 
+def _coarsening_limit(dataset: Dataset, spacing: np.ndarray) -> float:
+    """How much an instance dataset's grid may be coarsened: the objects (their 10th-percentile
+    smallest extent) keep ``_MIN_OBJECT_VOXELS`` voxels across, else instances would vanish or
+    merge (nuclei of 10 pixels); no limit for semantic data. Patches then cover part of each image."""
+    extents = getattr(dataset, "object_extents", None)
+    extents = extents() if extents is not None else np.zeros((0, len(spacing)))
+    if not len(extents):
+        return math.inf
+    smallest = float(np.percentile(extents.min(axis=1), 10))
+    return max(1.0, smallest / (_MIN_OBJECT_VOXELS * float(np.max(spacing))))
+
+
 def plan_dataset(
     dataset: Dataset,
     *,
@@ -379,7 +403,7 @@ def plan_dataset(
         spacing, shape = np.ones(data_dims), np.median(np.asarray(fingerprint.shapes), axis=0)
     budget = _IMAGE_VOXELS[(kind, data_dims)]
     if np.prod(shape) > budget and not natural:  # too large for this device at full resolution: coarsen evenly
-        factor = (np.prod(shape) / budget) ** (1.0 / data_dims)
+        factor = min((np.prod(shape) / budget) ** (1.0 / data_dims), _coarsening_limit(dataset, spacing))
         spacing, shape = spacing * factor, shape / factor
     slice_axis = None
     if spatial_dims < data_dims:  # the coarsest axis, or the last (z) when isotropic

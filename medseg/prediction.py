@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 class Predicting:
     """The prediction methods of :class:`~medseg.Pipeline` (which provides ``plan``,
-    ``preprocessing``, ``inference``, ``network``, ``ensemble``, ``device`` and ``data``)."""
+    ``preprocessing``, ``inference``, ``network``, ``ensemble``, ``device`` and ``data``, and
+    the instance methods of :class:`~medseg.instance_tasks.InstanceTasks`)."""
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """The network's probabilities ``(out_channels, *spatial)`` for one preprocessed image
@@ -68,8 +69,14 @@ class Predicting:
                 the labels are the same either way.
 
         Returns:
-            The labels, or ``(labels, probabilities)`` with ``probabilities=True``.
+            The labels, or ``(labels, probabilities)`` with ``probabilities=True``. An instance
+            pipeline returns the encoded instance label (see :meth:`predict_instances`).
         """
+        if self.is_instance:
+            if probabilities:
+                raise ValueError("predict_case(probabilities=True) is for semantic pipelines; an instance "
+                                 "pipeline's predict_instances(case) gives the instance scores.")
+            return self.predict_instances(case)[0]
         sample = self._require_data().load(case) if isinstance(case, str) else case
         prepared = preprocess(self._as_planned(sample).replace(label=None), self.preprocessing)
         network_out = self.predict_probabilities(prepared.image)
@@ -91,7 +98,7 @@ class Predicting:
     def write_prediction(self, labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, *,
                          case: str | None = None, like: str | os.PathLike | None = None,
                          probabilities: np.ndarray | None = None, probability_maps: bool = False,
-                         data: Dataset | None = None) -> Path:
+                         data: Dataset | None = None, scores: Mapping[int, float] | None = None) -> Path:
         """Write a label map of dataset values with the geometry its image was read with.
 
         Args:
@@ -105,7 +112,18 @@ class Predicting:
                 beside the labels as ``<case>.npz`` (:func:`~medseg.inference.probabilities.write_probabilities`).
             probability_maps: also write ``<case>_prob_<channel>.nii.gz`` per channel.
             data: the dataset whose format is written (default: the pipeline's).
+            scores: of an instance pipeline, ``{instance number: score}`` from :meth:`predict_instances`.
+
+        An instance pipeline writes the instance map (in the input's suffix), ``<case>.json`` with
+        each instance's class and score and, in 2D, ``instances_coco.json``
+        (:func:`~medseg.io.instances.write_instances`).
         """
+        if self.is_instance:
+            if probabilities is not None or probability_maps:
+                raise ValueError("write_prediction: an instance pipeline writes no probabilities.")
+            written = self._write_instances(labels, geometry, path, case=case, like=like, scores=scores, data=data)
+            log.info("wrote %s", written)
+            return written
         ignore = self.plan.label_spec.ignore
         if ignore is not None and np.any(labels == ignore):
             raise ValueError(f"labels hold the ignore value {ignore}, which a prediction never holds; "
@@ -128,6 +146,13 @@ class Predicting:
                            like: str | os.PathLike | None = None, data: Dataset | None = None,
                            save_probabilities: bool = False, probability_maps: bool = False) -> Any:
         """The label map of ``sample`` (no ``output_dir``), or the file it was written to."""
+        if self.is_instance and output_dir is not None:
+            if save_probabilities or probability_maps:
+                raise ValueError("save_probabilities/probability_maps: an instance pipeline writes instance maps "
+                                 "and their scores (<case>.json), no probabilities.")
+            labels, scores = self.predict_instances(sample)
+            return self.write_prediction(labels, sample.geometry, output_dir, case=sample.id, like=like, data=data,
+                                         scores=scores)
         if output_dir is None:
             return self.predict_case(sample)
         if not (save_probabilities or probability_maps):
@@ -159,7 +184,8 @@ class Predicting:
         options = {"save_probabilities": save_probabilities, "probability_maps": probability_maps}
         if Path(inputs).is_dir() and detect_format(inputs) is not None:  # a VOC/Cityscapes/... folder
             data = open_dataset(inputs)
-            data = data.with_label_spec(self.plan.label_spec.agreed_with(data.label_spec, data.root))
+            data = self.task_data(data) if self.is_instance else data.with_label_spec(
+                self.plan.label_spec.agreed_with(data.label_spec, data.root))
             cases = sorted(data.evaluation_cases) if part is not None else data.evaluation_cases
             return {case: self._predict_and_write(data.load(case), output_dir, data=data, **options)
                     for case in (shard(cases, *part) if part is not None else cases)}

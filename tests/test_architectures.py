@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from medseg.architectures import (
     ARCHITECTURES,
+    DETECTORS,
     DeepLabV3Plus,
     FastFCN,
     GatedSCNN,
@@ -201,7 +202,7 @@ def _small_kwargs(name: str, d: int) -> dict:
 
 
 def test_registry_names() -> None:
-    assert sorted(ARCHITECTURES) == sorted(SMALL)
+    assert sorted(ARCHITECTURES) == sorted([*SMALL, *DETECTORS])  # detectors: tests/test_maskrcnn.py
 
 
 @pytest.mark.parametrize("d", [2, 3])

@@ -236,3 +236,30 @@ def test_auto_augmentation_is_left_out_of_the_saved_plan() -> None:
     natural = plan.replace(augmentation="natural")
     assert natural.to_dict()["augmentation"] == "natural"
     assert Plan.from_dict(json.loads(json.dumps(natural.to_dict()))) == natural
+
+
+def test_an_instance_plan_never_coarsens_small_objects_away(tmp_path):
+    """Large images of small objects: a semantic CPU plan coarsens the grid to fit its budget; the
+    instance plan stops where the 10th-percentile object keeps 8 pixels across."""
+    from PIL import Image
+
+    from medseg.io import as_instances, open_dataset
+
+    yy, xx = np.mgrid[:480, :480]
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    rng = np.random.default_rng(0)
+    for case in range(3):
+        label = np.zeros((480, 480), np.uint8)
+        for n, (cy, cx) in enumerate(rng.uniform(20, 460, (12, 2)), 1):
+            label[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = n  # discs of radius 6: 13 pixels across
+        Image.fromarray(label).save(tmp_path / "labels" / f"c{case}.png")
+        Image.fromarray((40 + 150 * (label > 0)).astype(np.uint8)).save(tmp_path / "images" / f"c{case}.png")
+    instances = as_instances(open_dataset(tmp_path))
+    extents = instances.object_extents()
+    smallest = float(np.percentile(extents.min(axis=1), 10))
+    assert 11 <= smallest <= 13  # a disc of radius 6 spans 11 to 13 pixels on an axis
+    semantic = plan_dataset(open_dataset(tmp_path))
+    assert semantic.target_spacing[0] == pytest.approx(480 / 192, rel=1e-3)  # the 192^2 budget
+    planned = plan_dataset(instances)
+    assert planned.target_spacing[0] == pytest.approx(smallest / 8, rel=1e-3)  # objects keep 8 pixels

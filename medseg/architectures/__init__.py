@@ -9,12 +9,14 @@ Every network takes ``spatial_dims`` (2 or 3), ``in_channels`` and ``out_channel
 
 from medseg.architectures.aspp import ASPP
 from medseg.architectures.deeplab import DeepLabV3Plus
+from medseg.architectures.detection.maskrcnn import MaskRCNN
 from medseg.architectures.encoder import ResidualEncoder
 from medseg.architectures.fastfcn import JPU, FastFCN
 from medseg.architectures.gated_scnn import GatedConv, GatedSCNN
 from medseg.architectures.monai_nets import PadCrop, dynunet_plan
 from medseg.architectures.registry import (
     ARCHITECTURES,
+    DETECTORS,
     create_architecture,
     describe_architectures,
 )
@@ -23,11 +25,13 @@ from medseg.architectures.unet import UNet, deep_supervision_weights, downsample
 __all__ = [
     "ARCHITECTURES",
     "ASPP",
+    "DETECTORS",
     "DeepLabV3Plus",
     "FastFCN",
     "GatedConv",
     "GatedSCNN",
     "JPU",
+    "MaskRCNN",
     "PadCrop",
     "ResidualEncoder",
     "UNet",

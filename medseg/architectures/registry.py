@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from medseg.architectures.deeplab import DeepLabV3Plus
+from medseg.architectures.detection.maskrcnn import MaskRCNN
 from medseg.architectures.fastfcn import FastFCN
 from medseg.architectures.gated_scnn import GatedSCNN
 from medseg.architectures.layers import check_spatial_dims
@@ -28,7 +29,12 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "segresnet": segresnet,
     "swinunetr": swinunetr,
     "unetr": unetr,
+    "maskrcnn": MaskRCNN,
 }
+
+DETECTORS = frozenset({"maskrcnn"})
+"""Architectures that find instances (``detect()``, ``training_loss`` on encoded instance labels)
+rather than give one score map per class."""
 
 _DESCRIPTIONS = {
     "unet": "nnU-Net-style U-Net; residual, max-pool and deep-supervision options",
@@ -39,6 +45,7 @@ _DESCRIPTIONS = {
     "segresnet": "MONAI SegResNet (Myronenko 2018), residual encoder-decoder",
     "swinunetr": "MONAI SwinUNETR, Swin transformer encoder (needs einops)",
     "unetr": "MONAI UNETR, ViT encoder; needs img_size (counted at 96 per axis) and einops",
+    "maskrcnn": "Mask R-CNN (instances): FPN, RPN, RoIAlign, box and mask heads; out_channels = K",
 }
 
 # Arguments a builder requires that describe_architectures supplies for its count.

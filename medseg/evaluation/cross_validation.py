@@ -56,6 +56,7 @@ from .confusion import case_confusion
 from .cv_folds import fold_lock, unfinished_message, write_once
 from .cv_report import check_overlays, report, summary
 from .cv_settings import check_settings, run_settings, settings_digest
+from .instance_scores import predict_instance_case
 from .metrics import METRIC_NAMES, metrics_to_rows
 from .scoring import score_prediction
 from .splits import kfold_splits
@@ -147,10 +148,15 @@ def predict_fold(member: Pipeline, val: Sequence[str], folder: Path, fold: int) 
         shutil.rmtree(predictions)
     rows: list[dict[str, Any]] = []
     files: dict[str, str] = {}
+    instances = getattr(member, "is_instance", False)  # instance maps, scored against the encoded references
+    data = member.reference_data() if instances else data
     for case in val:
         sample = data.load(case)
         if sample.label is None:
             raise DataError(f"case {case!r} has no label; cross-validation needs labelled cases.")
+        if instances:
+            rows, confusion, files[case] = predict_instance_case(member, sample, folder, fold, rows, confusion)
+            continue
         prediction = member.predict_case(sample)
         path = member.write_prediction(prediction, sample.geometry, predictions, case=case)
         files[case] = path.relative_to(folder).as_posix()

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..io import Dataset, read_image_file
 from .confusion import folds_block
+from .instance_scores import add_instance_table
 from .metrics import summarize
 from .report import OverlayCase, write_report
 
@@ -103,14 +104,18 @@ def report(pipe: Pipeline, results: Sequence[dict[str, Any]], output_dir: Path, 
     if not plots:
         warnings.warn("matplotlib is missing: the report has tables only "
                       "(pip install 'medseg[report]' for plots).", stacklevel=3)
+    instances = getattr(pipe, "is_instance", False)  # rows of the semantic classes plus instance scores
+    spec = pipe.instance_spec if instances else pipe.plan.label_spec
     written = write_report(
         output_dir / "report",
         [row for result in results for row in result["rows"]],
         histories={result["fold"]: result["history"] for result in results},
-        overlays=_overlays(pipe.data, results, output_dir, overlays if plots else 0),
+        overlays=_overlays(pipe.data, results, output_dir, overlays if plots and not instances else 0),
         title=f"{len(results)}-fold cross-validation",
         plots=plots,
-        label_names=pipe.plan.label_spec.scored,  # rows are keyed by dataset value
-        dataset=folds_block(results, pipe.plan.label_spec),  # mean IoU of the summed confusion matrices
+        label_names=spec.scored,  # rows are keyed by dataset value
+        dataset=folds_block(results, spec),  # mean IoU of the summed confusion matrices
     )
+    if instances:
+        add_instance_table(written[-1], [row for result in results for row in result["rows"]], spec.scored)
     return summary(results, output_dir, written[-1])

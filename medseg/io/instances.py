@@ -162,7 +162,7 @@ class InstanceDataset(Dataset):
 
     def load(self, case_id: str) -> Sample:
         """The case with its encoded instance label (int32), or its border-core classes."""
-        sample = self._load_encoded(case_id)
+        sample = self.load_encoded(case_id)
         if self.target == "bordercore" and sample.label is not None:
             from ..instances.bordercore import to_bordercore
 
@@ -170,7 +170,26 @@ class InstanceDataset(Dataset):
             sample = sample.replace(label=label)
         return sample
 
-    def _load_encoded(self, case_id: str) -> Sample:
+    def object_extents(self, max_cases: int = 20) -> np.ndarray:
+        """``(N, ndim)`` extents in mm of the objects of up to ``max_cases`` cases (evenly spread
+        over the dataset): the bounding box of each instance times its case's spacing. What the
+        planner reads so that no resampling makes the small objects vanish."""
+        from ..instances.boxes import boxes_from_instances
+
+        ids = self.case_ids
+        picked = [ids[i] for i in np.unique(np.linspace(0, len(ids) - 1, min(max_cases, len(ids))).round().astype(int))]
+        extents = []
+        for case in picked:
+            sample = self.load_encoded(case)
+            if sample.label is None:
+                continue
+            _, boxes = boxes_from_instances(np.where(sample.label > 0, sample.label, 0))
+            ndim = sample.label.ndim
+            extents.append((boxes[:, ndim:] - boxes[:, :ndim]) * np.asarray(sample.geometry.spacing, dtype=np.float32))
+        return np.concatenate(extents) if extents else np.zeros((0, len(self.load_encoded(ids[0]).image.shape) - 1))
+
+    def load_encoded(self, case_id: str) -> Sample:
+        """The case with its encoded instance label (int32), whatever the target."""
         num_classes = self.semantic_spec.num_classes
         semantic = self.base.with_label_spec(self.semantic_spec)
         if self.mode == "components":

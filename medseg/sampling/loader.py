@@ -35,7 +35,7 @@ class PatchStream(IterableDataset):
         batch_size: patches per batch.
         augmentation: the augmentation preset.
         precompute: ``(label_patch, num_classes, spacing) -> {name: array}`` or ``None``.
-        num_classes: classes including background.
+        num_classes: classes including background (``None``: encoded instance labels, any id).
         spacing: voxel spacing of a patch (for spacing-aware distance maps).
         seed: base seed.
         rank: the process of a distributed run (``torchrun``) this stream feeds: rank ``r`` draws
@@ -52,7 +52,7 @@ class PatchStream(IterableDataset):
         batch_size: int,
         augmentation: Augmentation,
         precompute: Precompute | None = None,
-        num_classes: int = 2,
+        num_classes: int | None = 2,
         spacing: Sequence[float] | None = None,
         seed: int = 0,
         rank: int = 0,
@@ -134,6 +134,8 @@ class PatchStream(IterableDataset):
     def _check_labels(self, labels: np.ndarray, cases: list[str]) -> None:
         """Raise unless ``labels`` hold class indices below ``num_classes`` or IGNORE_INDEX (here,
         once per batch, so the losses need not check on the GPU, which would stall every step)."""
+        if self.num_classes is None:  # encoded instance labels (Mask R-CNN): one value per instance
+            return
         bad = (labels >= self.num_classes) | ((labels < 0) & (labels != IGNORE_INDEX))
         if bad.any():
             raise DataError(

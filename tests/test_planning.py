@@ -153,7 +153,7 @@ def test_truncated_uncompressed_nifti(tmp_path: Path) -> None:
     path = tmp_path / "a.nii"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(path))
     path.write_bytes(path.read_bytes()[:-10])
-    from medseg.planning import _header
+    from medseg.io.headers import read_header as _header
 
     with pytest.raises(DataError, match=r"a\.nii: truncated NIfTI \(2390 of 2400 bytes\)"):
         _header(path)

@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("predictions")
     evaluate.add_argument("references")
     evaluate.add_argument("--out", default=None,
-                          help="per-case metrics: a .csv file, or a .json file in nnU-Net's summary.json layout")
+                          help="per-case metrics: a .csv file, or a .json file in nnU-Net's summary.json layout "
+                               "(--task instance: a folder for instances.csv and instances.json)")
     evaluate.add_argument("--all-metrics", action="store_true", help="also IoU, HD, HD95, ASSD, NSD...")
     evaluate.add_argument("--labels", default=None,
                           help="label values to score, e.g. 1,2,4 (default: --run's plan, else a dataset.json "

@@ -61,6 +61,10 @@ def evaluate(args: argparse.Namespace) -> int:
     """``medseg evaluate PRED REF --task instance``: instance maps scored against references."""
     from .evaluation.instance_folders import evaluate_instances
 
+    ignored = [flag for flag, value in (("--run", args.run), ("--labels", args.labels)) if value is not None]
+    if ignored:
+        raise ValueError(f"{' and '.join(ignored)}: not used by --task instance (the references' classes and "
+                         "--instances say which labels are instances); leave them out.")
     missing = "empty" if args.allow_missing else "skip" if args.predicted_only else "error"
     result = evaluate_instances(args.predictions, args.references, mode=args.instances or "auto", output=args.out,
                                 missing=missing)

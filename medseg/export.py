@@ -163,6 +163,10 @@ def export_pipeline(pipe: Any, out: str | os.PathLike, *, format: str = "onnx") 
     TorchScript).
     """
     format = look_up_option(format, tuple(EXPORT_FORMATS), argument="format")
+    if hasattr(pipe.network, "detect"):  # its outputs are boxes and masks of varying number, not a score map
+        raise MedsegError(f"{type(pipe.network).__name__} runs cannot be exported yet (only networks that give one "
+                          "score map per class: the semantic architectures and border-core); predict from the run "
+                          "folder instead.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     networks = [pipe.network, *pipe.ensemble]

@@ -108,12 +108,15 @@ class InstanceTasks:
         return plan, architecture
 
     def _check_instance_network(self) -> None:
-        """Name the border-core network and refuse an instance network that cannot detect."""
+        """Name the border-core network, widen the border to the training grid, and refuse an
+        instance network that cannot detect."""
         if not self.is_instance:
             return
         if self.instance_target == _BORDERCORE:
             if self.architecture_spec is not None:
                 self.architecture_spec = {**self.architecture_spec, "name": _BORDERCORE}
+            if self.data is not None:  # the border at least one voxel of the training grid: it survives resampling
+                self.data.border_mm = float(max(self.plan.target_spacing))
         elif not hasattr(self.network, "detect"):
             raise ValueError(f"task='instance' needs architecture='maskrcnn' (a network with detect()) or "
                              f"'bordercore', got {type(self.network).__name__}.")
@@ -161,7 +164,8 @@ class InstanceTasks:
         if not self.is_instance:
             return self.cache_dir
         package = Path(__file__).resolve().parent
-        code = source_digest([package / "io" / "instances.py", *package.joinpath("instances").glob("*.py")])
+        code = source_digest([package / "io" / "instances.py", package / "io" / "instance_files.py",
+                              *package.joinpath("instances").glob("*.py")])
         mode = (self.plan.instances or {}).get("mode")
         return Path(self.cache_dir or default_cache_dir()) / f"instances-{mode}-{self.instance_target}-{code}"
 
@@ -188,7 +192,8 @@ class InstanceTasks:
     def _detect(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
         from .inference.detection import detect_instances
 
-        if self.ensemble:
+        if self.ensemble and not getattr(self, "_warned_ensemble", False):
+            self._warned_ensemble = True  # once per pipeline, not once per case
             log.warning("Mask R-CNN detects with the first network only (%d others left out).", len(self.ensemble))
         self.network.to(self.device)
         return detect_instances(self.network, image, patch_size=tuple(self.plan.patch_size), device=self.device)

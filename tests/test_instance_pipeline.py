@@ -252,3 +252,69 @@ def test_semantic_classes_as_instances_plan():
     semantic = open_dataset(SAMPLES / "hippocampus").with_label_spec(pipe.instance_spec).load(case).label
     np.testing.assert_array_equal(class_map(reference, 3), semantic)  # the classes survive the encoding
     assert len(np.unique(reference[reference > 0])) >= 2
+
+
+def test_bordercore_borders_survive_the_planned_coarsening(tmp_path):
+    """Large images of touching squares: the instance plan coarsens the grid 2x, which would erase
+    the one-pixel borders and merge the squares in the training labels; the border is at least
+    one voxel of the training grid, so every square comes back from the cached labels."""
+    from PIL import Image
+
+    from medseg.instances.bordercore import from_bordercore
+
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    label = np.zeros((480, 480), np.uint8)
+    n = 0
+    for row in range(40, 440, 60):  # rows of 4 squares of 16 x 16 pixels, each touching the next
+        for col in range(40, 104, 16):
+            n += 1
+            label[row:row + 16, col:col + 16] = n
+    for case in ("a", "b"):
+        Image.fromarray(label).save(tmp_path / "data" / "labels" / f"{case}.png")
+        Image.fromarray((40 + 150 * (label > 0)).astype(np.uint8)).save(tmp_path / "data" / "images" / f"{case}.png")
+    pipe = Pipeline(tmp_path / "data", task="instance", architecture="bordercore", device="cpu",
+                    cache_dir=tmp_path / "cache")
+    spacing = pipe.plan.target_spacing
+    assert spacing[0] == pytest.approx(2.0)  # 16 pixels / 8: a one-pixel border would not survive
+    cached = np.asarray(pipe.preprocessed_cases().build(["a"]).label("a"))
+    recovered = from_bordercore(cached, 2, spacing)
+    assert len(np.unique(recovered[recovered > 0])) == n == 28
+
+
+def test_review_and_export_refuse_what_they_cannot_do_for_instances(bordercore_run, discs, tmp_path):
+    from medseg.errors import MedsegError
+    from medseg.export import export_pipeline
+    from medseg.review import init
+
+    with pytest.raises(MedsegError, match="instance run"):
+        init(bordercore_run, discs / "images", tmp_path / "review", device="cpu")
+    assert not (tmp_path / "review").exists()
+    detector = Pipeline(discs, task="instance", architecture=SMALL_MASKRCNN, device="cpu")
+    with pytest.raises(MedsegError, match="cannot be exported"):
+        export_pipeline(detector, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+def test_maps_without_sidecars_take_the_one_class_of_the_references(discs, tmp_path):
+    """Another tool's instance maps (no <case>.json) against references whose one class is valued
+    255: scored as that class, not as class 1 matching nothing."""
+    from medseg.errors import DataError
+    from medseg.evaluation import evaluate_instances
+
+    for folder in ("images", "labels"):
+        (tmp_path / "ref" / folder).mkdir(parents=True)
+    (tmp_path / "pred").mkdir()
+    for i in range(3):
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(discs / "labels" / f"c{i}.png")))
+        sitk.WriteImage(sitk.ReadImage(str(discs / "images" / f"c{i}.png")), str(tmp_path / "ref" / "images" / f"c{i}.png"))
+        for folder in (tmp_path / "pred", tmp_path / "ref" / "labels"):
+            sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / f"c{i}.png"))
+        ids = [int(v) for v in np.unique(label) if v]
+        (tmp_path / "ref" / "labels" / f"c{i}.json").write_text(json.dumps(dict.fromkeys(map(str, ids), 255)))
+    result = evaluate_instances(tmp_path / "pred", tmp_path / "ref", mode="map")
+    pooled = result["summary"]["pooled"][0.5]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == (12, 0, 0)  # as class 1 they would be 0, 12, 12
+    (tmp_path / "ref" / "labels" / "c0.json").write_text(json.dumps({"1": 255, "2": 7, "3": 255, "4": 7}))
+    with pytest.raises(DataError, match="no class sidecar"):
+        evaluate_instances(tmp_path / "pred", tmp_path / "ref", mode="map")

@@ -263,3 +263,17 @@ def test_tiled_detection_finds_each_disc_once(discs_2d):
         assert max(mask_iou(tiled == m, reference == n) for m in range(1, 7)) > 0.7
         best = max(range(1, 7), key=lambda m: mask_iou(tiled == m, reference == n))
         assert max(mask_iou(tiled == best, whole == k) for k in range(1, 7)) > 0.8
+
+
+def test_an_image_of_many_objects_keeps_them_all():
+    """The DSB image holds 125 nuclei: the default cap on detections per image must not cut them
+    (it was COCO's 100); 150 separate confident boxes all survive post-processing."""
+    net = create_architecture("maskrcnn", spatial_dims=2, in_channels=1, out_channels=2, widths=[8, 16, 32],
+                              fpn_channels=16, head_width=32)
+    assert net.thresholds[2] >= 1000
+    corners = torch.stack(torch.meshgrid(torch.arange(15.0), torch.arange(10.0), indexing="ij"), -1).reshape(-1, 2) * 10
+    boxes = torch.cat([corners, corners + 8], 1)  # 150 boxes of 8 x 8, 2 apart
+    probabilities = torch.tensor([[0.05, 0.95]]).repeat(150, 1)
+    kept, labels, scores = net.roi_heads._select(boxes, probabilities, torch.zeros(150, 8), (160, 110),
+                                                 *net.thresholds)
+    assert len(kept) == 150 and labels.eq(1).all() and torch.allclose(scores, torch.full((150,), 0.95))

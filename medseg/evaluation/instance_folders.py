@@ -34,7 +34,7 @@ from ..errors import DataError
 from ..instances.encoding import decode
 from ..io.cases import CaseFiles
 from ..io.datasets import Dataset, open_dataset
-from ..io.instances import InstanceDataset, as_instances, read_instances
+from ..io.instances import InstanceDataset, as_instances, read_instances, sidecar_of
 from .folders import Missing, _match, label_files, spec_beside
 from .instance_metrics import coco_ap, detection_ap, instance_dice, instance_record, matching
 from .tables import write_csv, write_json
@@ -64,14 +64,21 @@ def reference_instances(reference: Dataset | str | os.PathLike, mode: str = "aut
     return as_instances(reference, mode)
 
 
-def _prediction(path: Path | None, shape: tuple[int, ...], reference: Path):
-    """``(map, {id: class value}, {id: score})`` of a prediction file (empty without one)."""
+def _prediction(path: Path | None, shape: tuple[int, ...], reference: Path, values: Sequence[int]):
+    """``(map, {id: class value}, {id: score})`` of a prediction file (empty without one). A map
+    without a ``<case>.json`` (another tool's) takes the one foreground class ``values`` holds."""
     if path is None:
         return np.zeros(shape, np.int32), {}, {}
     pred_map, classes, scores = read_instances(path)
     if pred_map.shape != shape:
         raise DataError(f"{path}: shape {pred_map.shape} differs from its reference {reference} ({shape}); "
                         f"predict on the reference grid.")
+    if sidecar_of(path) is None and classes:
+        if len(values) != 1:
+            raise DataError(f"{path}: no class sidecar ({Path(path).name.split('.')[0]}.json or .csv) beside it, and "
+                            f"the references have {len(values)} classes {list(values)}; write each instance's class "
+                            "beside the map ({\"<id>\": <class value>}).")
+        classes = dict.fromkeys(classes, int(values[0]))
     return pred_map, classes, {i: scores.get(i, 1.0) for i in classes}
 
 
@@ -131,7 +138,7 @@ def evaluate_instances(
     for case, pred_path, ref_path in pairs:
         ref_map, indices = decode(data.load(case).label, spec.num_classes)
         ref_classes = {i: spec.values[c] for i, c in indices.items()}
-        pred_map, pred_classes, scores = _prediction(pred_path, ref_map.shape, ref_path)
+        pred_map, pred_classes, scores = _prediction(pred_path, ref_map.shape, ref_path, spec.values[1:])
         found = matching(pred_map, ref_map, THRESHOLDS, pred_classes, ref_classes)
         for t, counts in pooled.items():
             for key in ("tp", "fp", "fn"):

@@ -63,7 +63,9 @@ class InstanceDataset(Dataset):
             component of a class is one instance), ``"auto"``: sidecars or COCO -> map, classes
             declared by the dataset -> components, else map with one class. Kept in :attr:`mode`.
         target: ``"instances"`` (the encoded label) or ``"bordercore"`` (its border-core classes,
-            :func:`medseg.instances.bordercore.to_bordercore` on each case's spacing).
+            :func:`medseg.instances.bordercore.to_bordercore` on each case's spacing, at least
+            :attr:`border_mm` wide: a pipeline sets it to the training grid's largest spacing, so
+            the border survives the resampling to that grid).
         connectivity: of components: ``"full"`` (8/26 neighbours, the default) or ``"face"`` (4/6).
 
     Attributes:
@@ -83,6 +85,7 @@ class InstanceDataset(Dataset):
         self.target = look_up_option(target, TARGETS, argument="target")
         self.connectivity = look_up_option(connectivity, ("full", "face"), argument="connectivity")
         self.mode = self._choose(look_up_option(mode, MODES, argument="mode"))
+        self.border_mm: float | None = None  # border-core width; None: each case's largest spacing
         self._set_spec(self._semantic_default())
 
     def _choose(self, mode: str) -> str:
@@ -133,7 +136,7 @@ class InstanceDataset(Dataset):
         sidecars = [sidecar_of(f.label) for f in self.cases.values() if f.label] if self.mode == "map" else []
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sidecars if p]
         return {"instances": {"mode": self.mode, "target": self.target, "connectivity": self.connectivity,
-                              "sidecars": stats}}
+                              "sidecars": stats, **({} if self.border_mm is None else {"border_mm": self.border_mm})}}
 
     def __repr__(self) -> str:
         return f"InstanceDataset({self.base!r}, mode={self.mode!r}, target={self.target!r})"
@@ -166,7 +169,9 @@ class InstanceDataset(Dataset):
         if self.target == "bordercore" and sample.label is not None:
             from ..instances.bordercore import to_bordercore
 
-            label = to_bordercore(sample.label, self.semantic_spec.num_classes, sample.geometry.spacing)
+            spacing = sample.geometry.spacing  # at least one voxel of this grid, and of the training grid
+            border = None if self.border_mm is None else max(self.border_mm, float(max(spacing)))
+            label = to_bordercore(sample.label, self.semantic_spec.num_classes, spacing, border_mm=border)
             sample = sample.replace(label=label)
         return sample
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, MedsegError
 from ..inference.postprocess import to_label_values
 from ..io import Sample, find_images, load_image, read_image_file, write_label_file
 from ..io.cases import files_per_case
@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 def _load_run(run: str | os.PathLike, device: str | None = None):
     from ..pipeline import Pipeline
 
-    return Pipeline.load(run, device=device)
+    pipe = Pipeline.load(run, device=device)
+    if pipe.is_instance:  # proposals, uncertainty and retrain scores are per class, not per object
+        raise MedsegError(f"{run}: an instance run (task 'instance'); `medseg review` corrects semantic runs only. "
+                          "Correct its instance maps in a viewer and train again with the corrected labels.")
+    return pipe
 
 
 def init(

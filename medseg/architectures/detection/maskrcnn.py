@@ -83,7 +83,7 @@ class MaskRCNN(nn.Module):
         rpn_matcher: str = "atss",
         rpn_batch: int = 256,
         rpn_pre_nms: int = 1000,
-        rpn_post_nms: Sequence[int] = (512, 256),
+        rpn_post_nms: Sequence[int] = (512, 1000),
         roi_batch: int = 128,
         roi_size: int | None = None,
         mask_roi_size: int | None = None,
@@ -94,7 +94,7 @@ class MaskRCNN(nn.Module):
         lam: float = 1.5,
         score_threshold: float = 0.05,
         nms_threshold: float = 0.5,
-        max_detections: int = 100,
+        max_detections: int = 1000,
         norm: str = "instance",
     ) -> None:
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}

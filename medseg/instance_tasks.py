@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import MedsegError
+from .inference import InferenceConfig
 from .io import Dataset, Geometry, LabelSpec, Sample, output_suffix
 from .io.instances import as_instances, write_instances
 from .planning import Plan
@@ -63,6 +64,18 @@ def invert_encoded(encoded: np.ndarray, prepared: Sample) -> np.ndarray:
             raise MedsegError(f"cannot bring an instance map back through preprocessing step {step!r}: "
                               "its inverse is not a voxel move or a resampling.")
     return np.ascontiguousarray(labels[0], dtype=np.int32)
+
+
+SCORE_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""The score thresholds :meth:`InstanceTasks._choose_score_threshold` tries."""
+
+
+def keep_scored(encoded: np.ndarray, scores: Mapping[int, float], threshold: float, num_classes: int) -> np.ndarray:
+    """``encoded`` without the instances scoring at or below ``threshold``: what detecting with
+    that threshold gives, as the higher score always wins an overlap when masks are pasted."""
+    numbers = np.where(encoded > 0, (encoded - 1) // max(num_classes - 1, 1) + 1, 0)
+    dropped = [n for n, score in scores.items() if score <= threshold]
+    return np.where(np.isin(numbers, dropped), 0, encoded).astype(encoded.dtype)
 
 
 class InstanceTasks:
@@ -189,14 +202,37 @@ class InstanceTasks:
             values.append(instance_scores(encoded, reference, self.plan.num_classes)["match_accuracy"])
         return float(np.nanmean(values))
 
-    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    def _choose_score_threshold(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
+        """Mask R-CNN: the score threshold with the best mean matching accuracy at IoU 0.5 on the
+        validation cases (ties: the higher), when none was given. A short run's scores stay low,
+        and a fixed 0.5 would write nothing; a long one's are confident and keep 0.5 or more."""
+        if self.instance_target != "instances" or self.inference.score_threshold is not None:
+            return
+        from .evaluation.instance_scores import instance_scores
+
+        found = [(self._detect(np.array(cases.image(case)), score_threshold=SCORE_GRID[0]),
+                  np.asarray(cases.label(case))) for case in val_ids[:50]]
+        means = {}
+        for threshold in SCORE_GRID:
+            values = [instance_scores(keep_scored(encoded, scores, threshold, self.plan.num_classes), reference,
+                                      self.plan.num_classes)["match_accuracy"] for (encoded, scores), reference in found]
+            means[threshold] = float(np.nanmean(values))
+        best = max(SCORE_GRID, key=lambda t: (means[t], t))
+        log.info("score threshold %.2f (val matching accuracy %s)", best,
+                 ", ".join(f"{t:g}: {m:.3f}" for t, m in means.items()))
+        self.inference = InferenceConfig(**{**self.inference.to_dict(), "score_threshold": best})
+
+    def _detect(self, image: np.ndarray, score_threshold: float | None = None) -> tuple[np.ndarray, dict[int, float]]:
         from .inference.detection import detect_instances
 
         if self.ensemble and not getattr(self, "_warned_ensemble", False):
             self._warned_ensemble = True  # once per pipeline, not once per case
             log.warning("Mask R-CNN detects with the first network only (%d others left out).", len(self.ensemble))
         self.network.to(self.device)
-        return detect_instances(self.network, image, patch_size=tuple(self.plan.patch_size), device=self.device)
+        if score_threshold is None:
+            score_threshold = 0.5 if self.inference.score_threshold is None else self.inference.score_threshold
+        return detect_instances(self.network, image, patch_size=tuple(self.plan.patch_size), device=self.device,
+                                score_threshold=score_threshold)
 
     # -- prediction ------------------------------------------------------------------------------
     def predict_instances(self, case: str | Sample) -> tuple[np.ndarray, dict[int, float]]:

@@ -18,7 +18,6 @@ from .errors import DataError, MedsegError
 from .evaluation.scoring import score_prediction
 from .evaluation.splits import split_validation
 from .inference import InferenceConfig
-from .inference.postprocess import to_label_values
 from .instance_tasks import InstanceTasks
 from .io import IGNORE_INDEX, Dataset, open_dataset
 from .persistence import load_pipeline, save_pipeline, write_config
@@ -263,7 +262,7 @@ class Pipeline(InstanceTasks, Predicting):
             resume=resume, validate=validate, device=device, fixed_shapes=True,
             first_batch=sum(int(h.get("steps", 0)) for h in self.history),  # a further fit draws new patches
         )
-        if val_ids and self.inference.largest_component is None and not self.is_instance:
+        if val_ids:  # what fit leaves to the validation cases: largest components, a detector's threshold
             self._choose_postprocessing(cases, val_ids)
         if output is not None and world.is_main:
             self.save(output)
@@ -288,29 +287,6 @@ class Pipeline(InstanceTasks, Predicting):
         if self.plan.slice_axis is not None:
             spacing.pop(self.plan.slice_axis)
         return tuple(spacing)
-
-    def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str], *,
-                           cleaned: bool = False) -> tuple[list[float], list[float]]:
-        """Mean Dice per case on the preprocessed grid, without (and, if ``cleaned``, with)
-        largest-component cleaning. Under ``torchrun`` each process scores its share of the cases
-        (each case once) and every process gets all scores."""
-        spec, scores, world = self.plan.label_spec, ([], []), distributed.current_world()
-        for case in shard(list(val_ids), world.rank, world.size):
-            probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))
-            for keep in (False, True)[: 1 + cleaned]:
-                values = to_label_values(probabilities, spec, largest_component=keep)
-                scores[keep].append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
-        return tuple(distributed.gather_shards(part, world) for part in scores)
-
-    def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
-        return float(np.nanmean(self._validation_scores(cases, val_ids)[0]))
-
-    def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
-        """nnU-Net's rule: keep the largest component per class (region) if that does not lower Dice."""
-        plain, cleaned = self._validation_scores(cases, val_ids, cleaned=True)
-        keep = float(np.mean(cleaned)) >= float(np.mean(plain))
-        log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
-        self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, case_ids: Sequence[str] | None = None, *, metrics: bool = False) -> dict[str, dict[int, dict[str, float]]]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .inference import predict_probabilities
+from .evaluation.scoring import score_prediction
+from .inference import InferenceConfig, predict_probabilities
 from .inference.postprocess import to_label_values
 from .inference.probabilities import invert_probabilities, write_probabilities
 from .io import (
@@ -33,6 +34,8 @@ from .io.cases import files_per_case
 from .io.files import case_id_of
 from .io.formats import detect_format
 from .preprocessing import preprocess
+from .preprocessing.cache import PreprocessedCases
+from .training import distributed
 from .training.distributed import shard
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 class Predicting:
     """The prediction methods of :class:`~medseg.Pipeline` (which provides ``plan``,
     ``preprocessing``, ``inference``, ``network``, ``ensemble``, ``device`` and ``data``, and
-    the instance methods of :class:`~medseg.instance_tasks.InstanceTasks`)."""
+    the instance methods of :class:`~medseg.instance_tasks.InstanceTasks`), and what
+    :meth:`~medseg.Pipeline.fit` scores on its validation cases."""
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """The network's probabilities ``(out_channels, *spatial)`` for one preprocessed image
@@ -206,3 +210,31 @@ class Predicting:
         return {case: self._predict_and_write(data.load(case), output_dir, save_probabilities=save_probabilities,
                                               probability_maps=probability_maps)
                 for case in case_ids}
+
+    # -- on the validation cases (Pipeline.fit) ----------------------------------------------------
+    def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str], *,
+                           cleaned: bool = False) -> tuple[list[float], list[float]]:
+        """Mean Dice per case on the preprocessed grid, without (and, if ``cleaned``, with)
+        largest-component cleaning. Under ``torchrun`` each process scores its share of the cases
+        (each case once) and every process gets all scores."""
+        spec, scores, world = self.plan.label_spec, ([], []), distributed.current_world()
+        for case in shard(list(val_ids), world.rank, world.size):
+            probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))
+            for keep in (False, True)[: 1 + cleaned]:
+                values = to_label_values(probabilities, spec, largest_component=keep)
+                scores[keep].append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
+        return tuple(distributed.gather_shards(part, world) for part in scores)
+
+    def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
+        return float(np.nanmean(self._validation_scores(cases, val_ids)[0]))
+
+    def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
+        """nnU-Net's rule: keep the largest component per class (region) if that does not lower Dice."""
+        if self.is_instance:
+            return self._choose_score_threshold(cases, val_ids)
+        if self.inference.largest_component is not None:
+            return None
+        plain, cleaned = self._validation_scores(cases, val_ids, cleaned=True)
+        keep = float(np.mean(cleaned)) >= float(np.mean(plain))
+        log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
+        self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})

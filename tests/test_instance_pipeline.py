@@ -318,3 +318,51 @@ def test_maps_without_sidecars_take_the_one_class_of_the_references(discs, tmp_p
     (tmp_path / "ref" / "labels" / "c0.json").write_text(json.dumps({"1": 255, "2": 7, "3": 255, "4": 7}))
     with pytest.raises(DataError, match="no class sidecar"):
         evaluate_instances(tmp_path / "pred", tmp_path / "ref", mode="map")
+
+
+def test_keep_scored_drops_the_low_scores_by_hand():
+    from medseg.instance_tasks import keep_scored
+
+    encoded = np.array([[1, 2, 3, 4, 0, 5, 6]])  # K = 3: instance n of class c is (n - 1) * 2 + c
+    scores = {1: 0.9, 2: 0.3, 3: 0.5}  # instance 1: values 1, 2; instance 2: 3, 4; instance 3: 5, 6
+    assert keep_scored(encoded, scores, 0.5, 3).tolist() == [[1, 2, 0, 0, 0, 0, 0]]
+    assert keep_scored(encoded, scores, 0.2, 3).tolist() == encoded.tolist()
+
+
+def test_the_score_threshold_is_chosen_on_the_validation_cases(discs, monkeypatch):
+    """A short run's scores stay low: the threshold that gives the best validation matching is
+    chosen (ties: the higher), where a fixed 0.5 would write no instance at all."""
+    pipe = Pipeline(discs, task="instance", architecture=SMALL_MASKRCNN, device="cpu")
+    references = {case: pipe.data.load(case).label for case in ("c0", "c1")}
+
+    class Cases:  # the preprocessed cases fit would hand over: here, the references themselves
+        def image(self, case):
+            return np.zeros((1, *references[case].shape), np.float32)
+
+        def label(self, case):
+            return references[case]
+
+    from medseg.instance_tasks import keep_scored
+
+    calls = iter(["c0", "c1"])  # fit detects each validation case once, in order
+
+    def detect(image, score_threshold=None):  # every true object at 0.3, plus a spurious one at 0.1
+        encoded = references[next(calls)].copy()
+        n = int(encoded.max())
+        encoded[:3, :3] = n + 1
+        scores = {**dict.fromkeys(range(1, n + 1), 0.3), n + 1: 0.1}
+        kept = {k: v for k, v in scores.items() if v > score_threshold}
+        return keep_scored(encoded, scores, score_threshold, 2), kept
+
+    monkeypatch.setattr(pipe, "_detect", detect)
+    assert pipe.inference.score_threshold is None
+    pipe._choose_postprocessing(Cases(), ["c0", "c1"])
+    assert pipe.inference.score_threshold == 0.2  # 0.1 and 0.2 both drop only the spurious one
+    assert pipe.inference.to_dict()["score_threshold"] == 0.2
+    assert "score_threshold" not in medseg_inference_defaults()
+
+
+def medseg_inference_defaults():
+    from medseg.inference import InferenceConfig
+
+    return InferenceConfig().to_dict()  # a semantic run's settings are what they were

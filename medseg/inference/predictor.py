@@ -29,6 +29,9 @@ class InferenceConfig:
         largest_component: keep only the largest connected component of each class (of each
             region, for region labels); ``None`` lets :meth:`Pipeline.fit` decide on the
             validation cases.
+        score_threshold: of a detector (Mask R-CNN): instances scoring at or below it are not
+            written; ``None`` lets :meth:`Pipeline.fit` decide on the validation cases (0.5
+            when there are none).
     """
 
     overlap: float = 0.5
@@ -36,9 +39,13 @@ class InferenceConfig:
     sw_batch_size: int = 4
     mirror: bool = False
     largest_component: bool | None = None
+    score_threshold: float | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        settings = asdict(self)
+        if settings["score_threshold"] is None:  # semantic runs' settings as before it existed
+            del settings["score_threshold"]
+        return settings
 
 
 ACTIVATIONS = {"softmax": lambda out: torch.softmax(out, dim=1), "sigmoid": torch.sigmoid}

@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 
+import nibabel as nib
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import ROOT, SAMPLES
 
@@ -62,3 +65,21 @@ def test_review_loop_script(tmp_path):
     row = re.search(r"\| 1 \| 5 \| ([0-9.]+) \| ([0-9.]+) \|", out)
     assert row and all(0.0 <= float(v) <= 1.0 for v in row.groups())
     assert (tmp_path / "loop" / "results.json").is_file()
+
+
+def test_instances_nuclei_script(tmp_path):
+    out = _run([ROOT / "pipelines" / "instances_nuclei.py", "--architecture", "bordercore", "--dims", "2,3",
+                "--epochs", "1", "--iterations-per-epoch", "1", "--batch-size", "2", "--out", tmp_path / "nuclei"],
+               tmp_path)
+    found = re.findall(r"(\d)D bordercore: held-out matching accuracy \(AP\) at IoU 0.5 ([0-9.]+), "
+                       r"panoptic quality ([0-9.]+) over (\d+) nuclei", out)
+    # every reference nucleus of the held-out parts is counted: the 4 anti-diagonal tiles (10 + 9 + 6 + 16,
+    # a nucleus cut by the tiling counting in each tile) and the second half of the volume
+    label = np.array(Image.open(SAMPLES / "nuclei" / "2d" / "labels" / "dsb2018.png"))
+    tiles = sum(len(np.unique(label[r:r + 128, 384 - r:512 - r])) - 1 for r in (0, 128, 256, 384))
+    half = len(np.unique(np.asarray(nib.load(SAMPLES / "nuclei" / "3d" / "labels" / "synthetic.nii.gz").dataobj)[:, 30:])) - 1
+    assert (tiles, half) == (41, 31)
+    assert [(dims, int(nuclei)) for dims, _, _, nuclei in found] == [("2", tiles), ("3", half)]
+    assert all(0.0 <= float(v) <= 1.0 for _, accuracy, pq, _ in found for v in (accuracy, pq))
+    predictions = tmp_path / "nuclei" / "2d_bordercore" / "predictions"
+    assert (predictions / "tile_000_384.png").is_file() and (predictions / "instances_coco.json").is_file()

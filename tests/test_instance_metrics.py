@@ -14,16 +14,9 @@ import numpy as np
 import pytest
 
 from medseg.errors import DataError
+from medseg.evaluation.average_precision import coco_ap, detection_ap, instance_record
 from medseg.evaluation.instance_folders import evaluate_instances
-from medseg.evaluation.instance_metrics import (
-    coco_ap,
-    detection_ap,
-    instance_dice,
-    instance_ious,
-    instance_record,
-    matched_pairs,
-    matching,
-)
+from medseg.evaluation.instance_metrics import instance_dice, instance_ious, matched_pairs, matching
 from medseg.instances.encoding import decode
 from medseg.io import (
     FolderDataset,
@@ -417,10 +410,12 @@ def test_evaluate_instances_2d_by_hand(tmp_path):
     _png(b, out / "b.png")
     (out / "b.json").write_text(json.dumps({"instances": [{"id": 1, "class": 5, "score": 1.0},
                                                           {"id": 2, "class": 5, "score": 0.95}]}))
-    # c: one false positive, no sidecar (class 1, score 1)
+    # c: one false positive of class 1, which no reference has (score 1: no score in its sidecar);
+    # without the sidecar it could take no class, as the references have two
     c = np.zeros((7, 5), int)
     c[6, 4] = 4
     _png(c, out / "c.png")
+    (out / "c.json").write_text(json.dumps({"4": 1}))
     result = evaluate_instances(out, tmp_path / "nuclei", output=tmp_path / "scores")
     rows = {row["case"]: row for row in result["cases"]}
     assert result["mode"] == "map" and result["classes"] == {2: "class_2", 5: "class_5"}

@@ -35,8 +35,9 @@ from ..instances.encoding import decode
 from ..io.cases import CaseFiles
 from ..io.datasets import Dataset, open_dataset
 from ..io.instances import InstanceDataset, as_instances, read_instances, sidecar_of
+from .average_precision import coco_ap, detection_ap, instance_record
 from .folders import Missing, _match, label_files, spec_beside
-from .instance_metrics import coco_ap, detection_ap, instance_dice, instance_record, matching
+from .instance_metrics import instance_dice, matching
 from .tables import write_csv, write_json
 
 __all__ = ["CASE_COLUMNS", "THRESHOLDS", "evaluate_instances", "reference_instances"]

@@ -73,6 +73,8 @@ def _foreground(label: np.ndarray, seed: int, first: int = 1) -> dict[str, np.nd
     rng = np.random.default_rng(seed)
     flat = label.ravel()
     kept = np.flatnonzero(flat >= first)
+    if not len(kept):
+        return {}
     kept = kept[np.argsort(flat[kept], kind="stable")]  # voxels grouped by value, in index order
     values, starts = np.unique(flat[kept], return_index=True)
     found = {}

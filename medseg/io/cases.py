@@ -18,7 +18,7 @@ from ..errors import DataError
 from .files import case_id_of, check_case_id
 from .readers import READERS, read_image_file
 
-__all__ = ["LABEL_SUFFIXES", "CaseFiles", "files_per_case", "find_images", "image_files", "is_image", "match_labels"]
+__all__ = ["LABEL_SUFFIXES", "CaseFiles", "case_groups", "files_per_case", "find_images", "image_files", "is_image", "match_labels"]
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 LABEL_SUFFIXES = ("_mask", "_label", "_labels", "_seg", "_segmentation")
@@ -187,3 +187,16 @@ def files_per_case(inputs: str | os.PathLike, channels: int) -> int:
         return 1
     first = next(iter(find_images(inputs).values()))[0]
     return max(1, channels // read_image_file(first)[0].shape[0])
+
+
+def case_groups(cases: dict[str, CaseFiles], pattern: str | None) -> dict[str, str]:
+    """``{case: subject}``: the first group of ``pattern`` (a regular expression) in each case id,
+    or the id itself where it does not match; ``{}`` without a pattern (every case its own)."""
+    if pattern is None:
+        return {}
+    regex = re.compile(pattern).search
+    groups = {}
+    for case in cases:
+        match = regex(case)
+        groups[case] = match.group(1) if match and match.groups() else case
+    return groups

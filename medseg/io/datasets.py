@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import copy as _copy
 import os
-import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from .cases import CaseFiles, find_images, glob_escape, image_files, match_labels
+from .cases import CaseFiles, case_groups, find_images, glob_escape, image_files, match_labels
 from .dataset_json import DatasetJson, read_dataset_json
 from .files import case_id_of, check_case_id, full_suffix
 from .labels import LabelSpec
@@ -217,17 +216,6 @@ def load_image(files: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
         bad = int((~np.isfinite(image)).sum())
         raise DataError(f"{files[0]}: image holds {bad} NaN or Inf voxels; fix or mask them before training.")
     return image, geometry
-
-
-def case_groups(cases: dict[str, CaseFiles], pattern: str | None) -> dict[str, str]:
-    if pattern is None:
-        return {}
-    regex: Callable[[str], re.Match[str] | None] = re.compile(pattern).search
-    groups = {}
-    for case in cases:
-        match = regex(case)
-        groups[case] = match.group(1) if match and match.groups() else case
-    return groups
 
 
 def _label_dir(root: Path, labels: str | os.PathLike | None) -> Path:

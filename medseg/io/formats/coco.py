@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...errors import DataError
-from ..cases import CaseFiles
-from ..datasets import case_groups, load_image
+from ..cases import CaseFiles, case_groups
+from ..datasets import load_image
 from ..json_files import write_json
 from ..labels import LabelSpec
 from ..locks import waiting_lock

@@ -64,3 +64,21 @@ def write_disk_folder(root: Path, n: int, seed: int, digits: int = 1) -> Path:
         sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "images" / f"d{i:0{digits}d}.png"))
         sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "masks" / f"d{i:0{digits}d}_mask.png"))
     return root
+
+
+def hippocampus_subset(root: Path, cases: tuple[str, ...] = ("hippocampus_001", "hippocampus_003")) -> Path:
+    """An MSD folder at ``root`` with ``cases`` of the bundled hippocampus sample and their
+    ``dataset.json`` entries."""
+    import json
+    import shutil
+
+    source = SAMPLES / "hippocampus"
+    manifest = json.loads((source / "dataset.json").read_text())
+    manifest["training"] = [e for e in manifest["training"] if Path(e["image"]).name[:-7] in cases]
+    manifest["numTraining"] = len(cases)
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+        for case in cases:
+            shutil.copy(source / folder / f"{case}.nii.gz", root / folder)
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    return root

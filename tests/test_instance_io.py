@@ -38,8 +38,8 @@ from medseg.io import (
 from medseg.io.datasets import CaseFiles, Dataset
 from medseg.preprocessing.cache import PreprocessedCases
 from medseg.sampling.augmentation import Augmentation
+from tests.conftest import hippocampus_subset
 
-HIPPOCAMPUS = Path(__file__).resolve().parent.parent / "data_samples" / "hippocampus"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
 
@@ -187,20 +187,8 @@ def test_instance_ids_past_int16_and_one_class_without_sidecars(tmp_path, obliqu
     assert data.load("v").label.tolist() == expected.tolist()
 
 
-def _hippocampus(root: Path, cases=("hippocampus_001", "hippocampus_003")) -> Path:
-    manifest = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
-    manifest["training"] = [e for e in manifest["training"] if Path(e["image"]).name[:-7] in cases]
-    manifest["numTraining"] = len(cases)
-    for folder in ("imagesTr", "labelsTr"):
-        (root / folder).mkdir(parents=True)
-        for case in cases:
-            shutil.copy(HIPPOCAMPUS / folder / f"{case}.nii.gz", root / folder)
-    (root / "dataset.json").write_text(json.dumps(manifest))
-    return root
-
-
 def test_msd_folder_with_declared_labels_gives_components(tmp_path, caplog):
-    base = MSDDataset(_hippocampus(tmp_path / "hippo"))
+    base = MSDDataset(hippocampus_subset(tmp_path / "hippo"))
     with caplog.at_level(logging.INFO, logger="medseg.io.instances"):
         data = as_instances(base)
     assert data.mode == "components" and "declares classes" in caplog.text
@@ -217,7 +205,7 @@ def test_msd_folder_with_declared_labels_gives_components(tmp_path, caplog):
 def test_bordercore_target_is_the_border_core_of_the_encoded_label(tmp_path):
     from medseg.instances.bordercore import bordercore_spec, to_bordercore
 
-    base = MSDDataset(_hippocampus(tmp_path / "hippo", cases=("hippocampus_001",)))
+    base = MSDDataset(hippocampus_subset(tmp_path / "hippo", cases=("hippocampus_001",)))
     data = as_instances(base, target="bordercore")
     assert data.label_spec == bordercore_spec(base.label_spec) and data.semantic_spec == base.label_spec
     sample = data.load("hippocampus_001")

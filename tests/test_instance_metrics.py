@@ -7,7 +7,6 @@ import io
 import itertools
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from medseg.io import (
     write_instances,
     write_label_file,
 )
+from tests.conftest import hippocampus_subset
 
 # --- the 4x4 example, by hand ------------------------------------------------------------------
 # ref: 1 = top-left 2x2 (4 voxels), 2 = bottom-right 2x2 (4 voxels)
@@ -375,7 +375,6 @@ def test_detection_ap_equals_pycocotools_bbox():
 
 # --- evaluate_instances: folders of predictions against instance datasets ------------------------
 
-HIPPOCAMPUS = Path(__file__).resolve().parent.parent / "data_samples" / "hippocampus"
 
 
 def _png(array_xy: np.ndarray, path: Path) -> None:
@@ -443,20 +442,8 @@ def test_evaluate_instances_2d_by_hand(tmp_path):
     assert written["summary"]["pooled"]["0.5"]["tp"] == 3 and written["cases"][2]["recall"] == "nan"
 
 
-def _hippocampus(root: Path, cases=("hippocampus_001", "hippocampus_003")) -> Path:
-    manifest = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
-    manifest["training"] = [e for e in manifest["training"] if Path(e["image"]).name[:-7] in cases]
-    manifest["numTraining"] = len(cases)
-    for folder in ("imagesTr", "labelsTr"):
-        (root / folder).mkdir(parents=True)
-        for case in cases:
-            shutil.copy(HIPPOCAMPUS / folder / f"{case}.nii.gz", root / folder)
-    (root / "dataset.json").write_text(json.dumps(manifest))
-    return root
-
-
 def test_evaluate_instances_3d_components_against_direct_metrics(tmp_path):
-    root = _hippocampus(tmp_path / "hippo")
+    root = hippocampus_subset(tmp_path / "hippo")
     data = as_instances(MSDDataset(root))
     spec, out = data.semantic_spec, tmp_path / "pred"
     first, second = (data.load(case) for case in data.case_ids)
@@ -484,7 +471,7 @@ def test_evaluate_instances_3d_components_against_direct_metrics(tmp_path):
 
 
 def test_evaluate_instances_missing_predictions(tmp_path):
-    root = _hippocampus(tmp_path / "hippo")
+    root = hippocampus_subset(tmp_path / "hippo")
     data = as_instances(MSDDataset(root))
     sample = data.load("hippocampus_001")
     write_instances(sample.label, sample.geometry, tmp_path / "pred", "hippocampus_001", data.semantic_spec)

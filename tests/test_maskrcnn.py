@@ -30,13 +30,6 @@ SMALL = {
 DISCS = {"centres": ((16, 16), (40, 20), (30, 46)), "radii": (8, 7, 9)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def balls(shape, centres, radii, seed=0, noise=0.3):
     """A noisy image ``(1, *shape)`` with bright balls, and their instance map (first ball wins)."""

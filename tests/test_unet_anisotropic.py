@@ -11,15 +11,6 @@ from medseg.architectures import UNet, create_architecture
 from tests.test_architectures import _ce, _check_grads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run fastest on one thread; on a busy machine, many times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_unet_tiny_inputs_and_batch_norm() -> None:
     net = UNet(2, 1, 2, features=(4, 8, 16), norm="batch")
     assert net(torch.randn(2, 1, 5, 3)).shape == (2, 2, 5, 3)

@@ -96,9 +96,8 @@ def _resumed_pipeline(data: Any, settings: dict[str, Any], args: argparse.Namesp
     if conflicts:
         key, before, after = conflicts[0]
         raise ValueError(
-            f"{flag_of(key)} cannot change when resuming: the run in {out} has {json.dumps(before)}, this call "
-            f"asks for {json.dumps(after)}; leave it out to continue the run, or start another with --overwrite "
-            f"or a new --out.")
+            f"{flag_of(key)} cannot change when resuming: the run in {out} has {json.dumps(before)}, this call asks "
+            f"for {json.dumps(after)}; leave it out to continue the run, or start another with --overwrite or a new --out.")
     weights = any((out / name).is_file() for name in ("model.pt", "checkpoint.pt"))
     pipe = Pipeline.load(out, data, device=args.device, weights=weights)
     pipe.training = TrainingConfig(**{**pipe.training.to_dict(), **settings.get("training", {})})
@@ -309,9 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score predictions against references")
     evaluate.add_argument("predictions")
     evaluate.add_argument("references")
-    evaluate.add_argument("--out", default=None,
-                          help="per-case metrics: a .csv file, or a .json file in nnU-Net's summary.json layout "
-                               "(--task instance: a folder for instances.csv and instances.json)")
+    evaluate.add_argument("--out", default=None, help="per-case metrics: a .csv file, or a .json file in nnU-Net's "
+                          "summary.json layout (--task instance: a folder for instances.csv and instances.json)")
     evaluate.add_argument("--all-metrics", action="store_true", help="also IoU, HD, HD95, ASSD, NSD...")
     evaluate.add_argument("--labels", default=None,
                           help="label values to score, e.g. 1,2,4 (default: --run's plan, else a dataset.json "

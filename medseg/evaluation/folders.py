@@ -53,11 +53,8 @@ Missing = Literal["error", "empty", "skip"]
 
 
 class Target(NamedTuple):
-    """One scored class or region.
-
-    ``key`` names it in medseg's tables (the label value; for a region its
-    ``regions_class_order`` value), ``values`` are the label values its mask holds.
-    """
+    """One scored class or region: ``key`` names it in medseg's tables (the label value; for a
+    region its ``regions_class_order`` value), ``values`` are the label values its mask holds."""
 
     key: int
     values: tuple[int, ...]

@@ -8,7 +8,7 @@ A settings file holds any of the sections a saved pipeline holds::
     inference:     {mirror: true}                              # any InferenceConfig field
     sampler:       {foreground_ratio: 0.5}                     # PatchSampler arguments
     architecture:  unet                                        # a name, or {name: ..., **arguments}
-    loss:          dice+ce
+    loss:          dice+ce                                     # a name, or a recipe {name: ..., **arguments}
     preprocessing: [{name: zscore}, ...]                       # create_step arguments, in order
 
 so a run's own ``pipeline.json`` serves as a settings file too (its ``format``, ``split`` and
@@ -102,8 +102,10 @@ def _check_named(settings: Mapping[str, Any], source: str) -> None:
     architecture = settings.get("architecture")
     if architecture is not None and not (isinstance(architecture, str) or (isinstance(architecture, Mapping) and "name" in architecture)):
         raise ValueError(f"{source}: architecture must be a name or a mapping with a 'name', got {architecture!r}.")
-    if "loss" in settings and not isinstance(settings["loss"], str):
-        raise ValueError(f"{source}: loss must be a name such as 'dice+ce', got {settings['loss']!r}.")
+    loss = settings.get("loss")
+    if loss is not None and not (isinstance(loss, str) or (isinstance(loss, Mapping) and isinstance(loss.get("name"), str))):
+        raise ValueError(f"{source}: loss must be a name such as 'dice+ce' or a recipe with a 'name' (as pipeline.json "
+                         f"saves it), got {loss!r}.")
     steps = settings.get("preprocessing")
     if steps is not None and not (isinstance(steps, list) and all(isinstance(s, Mapping) and "name" in s for s in steps)):
         raise ValueError(f"{source}: preprocessing must be a list of steps, each a mapping with a 'name'.")

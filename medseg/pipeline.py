@@ -46,7 +46,8 @@ class Pipeline(InstanceTasks, Predicting):
         preprocessing: steps applied to every case (default: crop to non-zero, resample to the
             planned spacing, z-score or CT normalisation, pad to the patch size).
         sampler: the patch sampler (default: the planned patch, a third foreground).
-        architecture: a ``torch.nn.Module``, a registry name, or ``None`` for the planned U-Net.
+        architecture: a ``torch.nn.Module``, a registry name, ``None`` for the planned U-Net, or a dict
+            ``{"name": ..., **arguments}`` (for ``unet``/``dynunet`` the arguments change the planned network).
         loss: a loss module or registry name (default ``dice + ce``).
         plan: replaces the plan read off the data; a mapping replaces some of its fields
             (``{"patch_size": (32, 48, 32), "batch_size": 2}``).
@@ -139,11 +140,16 @@ class Pipeline(InstanceTasks, Predicting):
         common = {"spatial_dims": plan.spatial_dims, "in_channels": plan.in_channels, "out_channels": plan.out_channels}
         topology = {"pool_kernels": [list(k) for k in plan.pool_kernels],
                     "conv_kernels": [list(k) for k in plan.conv_kernels]}
-        if architecture is None or architecture == "unet":  # the planned widths and kernels, named or not
-            spec = {"name": "unet", **common, "features": list(plan.features),
-                    "strides": topology["pool_kernels"], "kernel_sizes": topology["conv_kernels"]}
-        elif architecture == "dynunet":  # nnU-Net's network on the plan's per-axis topology
-            spec = {"name": architecture, **common, **topology}
+        planned = {"unet": {"name": "unet", **common, "features": list(plan.features),  # the planned widths and kernels
+                            "strides": topology["pool_kernels"], "kernel_sizes": topology["conv_kernels"]},
+                   "dynunet": {"name": "dynunet", **common, **topology}}  # nnU-Net's network on the plan's topology
+        if architecture is None or (isinstance(architecture, str) and architecture in planned):
+            spec = planned[architecture or "unet"]
+        elif isinstance(architecture, dict) and architecture.get("name") in planned:  # {name: unet, deep_supervision: true}
+            base = planned[architecture["name"]]
+            if len(architecture.get("features", base.get("features", ()))) != len(base.get("features", ())):
+                base = {k: v for k, v in base.items() if k not in ("strides", "kernel_sizes")}  # another depth
+            spec = {**base, **architecture}
         elif isinstance(architecture, str):
             spec = {"name": architecture, **common}
         elif isinstance(architecture, nn.Module):  # medseg networks record their arguments

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,15 +83,19 @@ class Predicting:
                                  "pipeline's predict_instances(case) gives the instance scores.")
             return self.predict_instances(case)[0]
         sample = self._require_data().load(case) if isinstance(case, str) else case
-        prepared = preprocess(self._as_planned(sample).replace(label=None), self.preprocessing)
-        network_out = self.predict_probabilities(prepared.image)
+        network_out, prepared = self._network_output(sample)
         labels = to_label_values(network_out, self.plan.label_spec, prepared=prepared,
-                                 largest_component=bool(self.inference.largest_component))
+                                 largest_component=self.inference.largest_component or False)
         if not probabilities:
             return labels
         return labels, invert_probabilities(network_out, prepared, activation=self._activation)
 
     predict_sample = predict_case  # the name of earlier versions
+
+    def _network_output(self, sample: Sample) -> tuple[np.ndarray, Sample]:
+        """The network's probabilities on the preprocessed grid, and the preprocessed sample."""
+        prepared = preprocess(self._as_planned(sample).replace(label=None), self.preprocessing)
+        return self.predict_probabilities(prepared.image), prepared
 
     def _as_planned(self, sample: Sample) -> Sample:
         """A grey photograph given to a colour (``R,G,B``) plan is read as three equal channels,
@@ -212,29 +217,42 @@ class Predicting:
                 for case in case_ids}
 
     # -- on the validation cases (Pipeline.fit) ----------------------------------------------------
-    def _validation_scores(self, cases: PreprocessedCases, val_ids: Sequence[str], *,
-                           cleaned: bool = False) -> tuple[list[float], list[float]]:
-        """Mean Dice per case on the preprocessed grid, without (and, if ``cleaned``, with)
-        largest-component cleaning. Under ``torchrun`` each process scores its share of the cases
-        (each case once) and every process gets all scores."""
-        spec, scores, world = self.plan.label_spec, ([], []), distributed.current_world()
+    def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
+        """Mean over the cases of their mean Dice, on the preprocessed grid (the epochs' score).
+        Under ``torchrun`` each process scores its share of the cases (each case once)."""
+        spec, scores, world = self.plan.label_spec, [], distributed.current_world()
         for case in shard(list(val_ids), world.rank, world.size):
             probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))
-            for keep in (False, True)[: 1 + cleaned]:
-                values = to_label_values(probabilities, spec, largest_component=keep)
-                scores[keep].append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
-        return tuple(distributed.gather_shards(part, world) for part in scores)
-
-    def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
-        return float(np.nanmean(self._validation_scores(cases, val_ids)[0]))
+            values = to_label_values(probabilities, spec)
+            scores.append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
+        return float(np.nanmean(distributed.gather_shards(scores, world)))
 
     def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
-        """nnU-Net's rule: keep the largest component per class (region) if that does not lower Dice."""
+        """nnU-Net's rule, per class (region): keep its largest component where that does not
+        lower its mean Dice over the validation cases, scored on their original grids."""
         if self.is_instance:
             return self._choose_score_threshold(cases, val_ids)
         if self.inference.largest_component is not None:
             return None
-        plain, cleaned = self._validation_scores(cases, val_ids, cleaned=True)
-        keep = float(np.mean(cleaned)) >= float(np.mean(plain))
-        log.info("largest-component postprocessing: %s (val Dice %.4f -> %.4f)", keep, np.mean(plain), np.mean(cleaned))
+        spec, world, data = self.plan.label_spec, distributed.current_world(), self._require_data()
+        keys = list(spec.scored)
+        rows = []  # per case: Dice of each class without, then with cleaning
+        for case in shard(list(val_ids), world.rank, world.size):
+            sample = data.load(case)
+            network_out, prepared = self._network_output(sample)
+            row = []
+            for keep in (False, True):
+                values = to_label_values(network_out, spec, prepared=prepared, largest_component=keep)
+                scores = score_prediction(values, sample.label, spec)
+                row += [scores[key]["dice"] for key in keys]
+            rows.append(row)
+        table = np.asarray(distributed.gather_shards(rows, world), dtype=np.float64).reshape(-1, 2 * len(keys))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every case: nan
+            plain, cleaned = np.nanmean(table[:, :len(keys)], 0), np.nanmean(table[:, len(keys):], 0)
+        chosen = tuple(key for key, a, b in zip(keys, plain, cleaned) if not b < a)  # nan (never seen): keep
+        for key, a, b in zip(keys, plain, cleaned):
+            log.info("largest-component postprocessing of %s: %s (val Dice %.4f -> %.4f)",
+                     spec.scored[key], key in chosen, a, b)
+        keep = True if len(chosen) == len(keys) else (False if not chosen else chosen)
         self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})

@@ -141,3 +141,21 @@ def test_bad_settings_end_in_one_line(disks, tmp_path, capsys, argv, message):
     assert main(["train", str(disks), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("medseg train: error: ") and message in err, err
+
+
+def test_a_loss_recipe_and_a_planned_unet_with_changes_are_settings(disks, tmp_path):
+    """nnU-Net's loss (batch Dice without background, plus CE) and the planned U-Net with deep
+    supervision, from a settings file: the network keeps the plan's widths and strides."""
+    from medseg import Pipeline
+
+    (tmp_path / "s.yaml").write_text(
+        "architecture: {name: unet, deep_supervision: true}\n"
+        "loss: {name: compound, weights: [1.0, 1.0], losses: [{name: dice, batch: true, include_background: false}, {name: ce}]}\n")
+    settings = read_settings(tmp_path / "s.yaml")
+    pipe = Pipeline(str(disks), architecture=settings["architecture"], loss=settings["loss"], device="cpu")
+    assert pipe.network.deep_supervision is True
+    assert list(pipe.network.hparams["features"]) == list(pipe.plan.features)
+    assert [list(s) for s in pipe.network.hparams["strides"]] == [list(k) for k in pipe.plan.pool_kernels]
+    dice = pipe.loss.losses[0]
+    assert dice.batch is True and dice.include_background is False
+    assert pipe.config()["loss"]["losses"][0]["batch"] is True  # saved, so pipeline.json is a settings file again

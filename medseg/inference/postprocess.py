@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -38,11 +38,13 @@ def keep_largest_component(labels: np.ndarray, classes: Iterable[int] | None = N
     return out
 
 
-def keep_largest_region_component(masks: np.ndarray) -> np.ndarray:
-    """Keep, in each region mask of ``(R, *spatial)`` booleans, only its largest component."""
+def keep_largest_region_component(masks: np.ndarray, regions: Iterable[int] | None = None) -> np.ndarray:
+    """Keep, in each region mask of ``(R, *spatial)`` booleans (or those at positions
+    ``regions``), only its largest component."""
     out = np.array(masks, dtype=bool)
     structure = np.ones((3,) * (out.ndim - 1), dtype=bool)
-    for region in out:
+    for position in range(len(out)) if regions is None else regions:
+        region = out[position]
         components, count = ndimage.label(region, structure=structure)
         if count > 1:
             sizes = np.bincount(components.ravel())
@@ -56,7 +58,7 @@ def to_label_values(
     spec: LabelSpec,
     *,
     prepared: Sample | None = None,
-    largest_component: bool = False,
+    largest_component: bool | Sequence[int] = False,
 ) -> np.ndarray:
     """The dataset's label map from network probabilities; never holds the ignore value.
 
@@ -69,7 +71,9 @@ def to_label_values(
         spec: what the channels mean.
         prepared: the preprocessed sample whose history to undo (one channel at a time); ``None``
             keeps the grid of ``probabilities``.
-        largest_component: keep each class's (region's) largest connected component.
+        largest_component: keep each class's (region's) largest connected component; a sequence
+            names the classes to clean by their keys in ``spec.scored`` (class values; for
+            regions, their ``regions_class_order`` values) and leaves the others as they are.
 
     Returns:
         ``(*spatial)`` dataset values, on the original grid when ``prepared`` is given.
@@ -79,12 +83,25 @@ def to_label_values(
         >>> to_label_values(np.array([[0.9, 0.1], [0.05, 0.2], [0.05, 0.7]]), spec).tolist()
         [0, 4]
     """
+    which = _cleaned(largest_component, spec)
     if spec.is_regions:
         masks = probabilities > 0.5 if prepared is None else invert_labels(probabilities, prepared, reduce="threshold")
-        if largest_component:
-            masks = keep_largest_region_component(masks)
+        if which is None or which:
+            masks = keep_largest_region_component(masks, which)
         return spec.regions_to_values(masks)
     indices = probabilities.argmax(0) if prepared is None else invert_labels(probabilities, prepared)
-    if largest_component:
-        indices = keep_largest_component(indices)
+    if which is None or which:
+        indices = keep_largest_component(indices, which)
     return spec.decode(indices)
+
+
+def _cleaned(largest_component: bool | Sequence[int], spec: LabelSpec) -> list[int] | None:
+    """The channels (class indices or region positions) to clean: ``None`` for all, ``[]`` for none."""
+    if isinstance(largest_component, (bool, np.bool_)):
+        return None if largest_component else []
+    keys = list(spec.regions_class_order if spec.is_regions else spec.values)
+    unknown = [int(k) for k in largest_component if int(k) not in spec.scored]
+    if unknown:
+        raise ValueError(f"largest_component={list(largest_component)}: {unknown} are not among the scored "
+                         f"classes {sorted(spec.scored)}.")
+    return sorted(keys.index(int(k)) for k in largest_component)

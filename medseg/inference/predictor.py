@@ -27,8 +27,9 @@ class InferenceConfig:
         sw_batch_size: windows per forward pass.
         mirror: test-time augmentation by mirroring along every spatial axis (2**dims passes).
         largest_component: keep only the largest connected component of each class (of each
-            region, for region labels); ``None`` lets :meth:`Pipeline.fit` decide on the
-            validation cases.
+            region, for region labels); a list keeps it for those classes only, named by their
+            label values (regions by their ``regions_class_order`` values); ``None`` lets
+            :meth:`Pipeline.fit` decide per class on the validation cases (nnU-Net's rule).
         score_threshold: of a detector (Mask R-CNN): instances scoring at or below it are not
             written; ``None`` lets :meth:`Pipeline.fit` decide on the validation cases (0.5
             when there are none).
@@ -38,8 +39,15 @@ class InferenceConfig:
     mode: str = "gaussian"
     sw_batch_size: int = 4
     mirror: bool = False
-    largest_component: bool | None = None
+    largest_component: bool | tuple[int, ...] | None = None
     score_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        chosen = self.largest_component
+        if chosen is not None and not isinstance(chosen, (bool, np.bool_)):
+            object.__setattr__(self, "largest_component", tuple(sorted(int(value) for value in chosen)))
+        elif chosen is not None:
+            object.__setattr__(self, "largest_component", bool(chosen))
 
     def to_dict(self) -> dict:
         settings = asdict(self)

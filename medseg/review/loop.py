@@ -85,7 +85,7 @@ def init(
         else:
             probabilities, uncertainty, state.method = pipe.predict_probabilities(prepared.image), None, "none"
         labels = to_label_values(probabilities, pipe.plan.label_spec, prepared=prepared,
-                                 largest_component=bool(pipe.inference.largest_component))
+                                 largest_component=pipe.inference.largest_component or False)
         written = pipe.write_prediction(labels, geometry, out / "labels" / "original", case=case, like=files[0])
         state.cases[case] = {"images": [str(Path(f).resolve()) for f in files],
                              "proposal": str(written.relative_to(out)), "uncertainty": uncertainty,

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import look_up_option
 from . import distributed
 from .checkpoint import load_checkpoint, random_states, save_checkpoint, set_random_states
+from .kernels import fast_weight_gradients
 from .logs import RunLog
 
 __all__ = ["Batches", "TrainingConfig", "train"]
@@ -110,18 +111,19 @@ class _Steps:
             group["lr"] = lr
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         batch["label"] = batch["label"].long()
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            value = _step_loss(self.model, self.network, self.loss, batch)
-        finite = distributed.all_true(torch.isfinite(value.detach()))  # all ranks step, or none
-        self.optimizer.zero_grad(set_to_none=True)
-        # with AMP the scaler skips a step whose gradients are not finite (its step syncs anyway);
-        # without, the check is on the CPU or costs one sync
-        if self.amp or bool(finite):
-            self.scaler.scale(value).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        with fast_weight_gradients(self.device.type == "cpu"):
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                value = _step_loss(self.model, self.network, self.loss, batch)
+            finite = distributed.all_true(torch.isfinite(value.detach()))  # all ranks step, or none
+            self.optimizer.zero_grad(set_to_none=True)
+            # with AMP the scaler skips a step whose gradients are not finite (its step syncs anyway);
+            # without, the check is on the CPU or costs one sync
+            if self.amp or bool(finite):
+                self.scaler.scale(value).backward()
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         return value.detach().float(), finite
 
     def state(self) -> dict[str, Any]:

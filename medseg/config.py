@@ -50,7 +50,7 @@ _KEYED = {
 }
 # What a resumed run cannot change: the network, its loss, the data it sees, the optimiser state,
 # and what places it on its patch stream and schedule (seed, steps per epoch, augmentation).
-_FROZEN_TRAINING = ("optimizer", "seed", "iterations_per_epoch", "augmentation")
+_FROZEN_TRAINING = ("optimizer", "seed", "iterations_per_epoch", "augmentation", "ema")
 _FROZEN_SAMPLER = ("patch_size",)
 
 
@@ -142,7 +142,7 @@ def resume_conflicts(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> list
 
     Keys are dotted (``"plan.patch_size"``, ``"loss"``): every plan field, the architecture,
     the loss, the preprocessing, the sampler's patch size, the optimiser, the seed, the steps per
-    epoch and the augmentation.
+    epoch, the augmentation and the weight average.
     """
     conflicts = []
     for key, value in asked.get("plan", {}).items():

@@ -79,9 +79,9 @@ def test_resume_conflicts_are_what_a_running_run_cannot_change():
             "training": {"optimizer": "AdamW", "epochs": 9, "time_limit": 60.0}}
     assert resume_conflicts(saved, same) == []  # epochs and time_limit may change
     changed = {"plan": {"batch_size": 4}, "loss": "focal", "architecture": {"name": "unet", "features": [8, 16]},
-               "training": {"optimizer": "sgd"}, "sampler": {"patch_size": [32, 32, 32]}}
+               "training": {"optimizer": "sgd", "ema": 0.99}, "sampler": {"patch_size": [32, 32, 32]}}
     assert resume_conflicts(saved, changed) == [
-        ("plan.batch_size", 2, 4), ("training.optimizer", "adamw", "sgd"),
+        ("plan.batch_size", 2, 4), ("training.optimizer", "adamw", "sgd"), ("training.ema", None, 0.99),
         ("sampler.patch_size", [40, 56, 40], [32, 32, 32]),
         ("architecture", saved["architecture"], {"name": "unet", "features": [8, 16]}), ("loss", "dice+ce", "focal")]
 

@@ -243,3 +243,62 @@ def test_cudnn_benchmark_is_on_only_inside_the_run_and_restored():
     with _cudnn_benchmark(True):
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark == before
+
+
+# -- moving average of the weights ------------------------------------------------------------------
+
+def _weights_seen_by_validation(ema: float, tmp_path):
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(1, 2, 3, padding=1)
+    seen = []
+
+    def validate() -> float:
+        seen.append({k: v.clone() for k, v in network.state_dict().items()})
+        return float(len(seen) == 2)  # epoch 2 is the best
+
+    train(network, torch.nn.CrossEntropyLoss(), _batches(), checkpoint=tmp_path / "checkpoint.pt", validate=validate,
+          config=TrainingConfig(epochs=4, iterations_per_epoch=1, learning_rate=0.05, ema=ema))
+    return seen, network
+
+
+def test_ema_validates_saves_and_ends_with_the_moving_average_of_the_steps(tmp_path):
+    raw, _ = _weights_seen_by_validation(0.0, tmp_path / "raw")  # one step per epoch: the weights after each
+    seen, network = _weights_seen_by_validation(0.6, tmp_path / "ema")
+    expected = [raw[0]]  # the average starts at the first step's weights, then a_k = 0.6 a_(k-1) + 0.4 w_k
+    for weights in raw[1:]:
+        expected.append({k: 0.6 * expected[-1][k] + 0.4 * weights[k] for k in weights})
+    for got, want in zip(seen, expected, strict=True):
+        torch.testing.assert_close(got["weight"], want["weight"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(seen[-1]["weight"], raw[-1]["weight"], atol=1e-4)  # the average differs from the last step
+    torch.testing.assert_close(network.weight.detach(), expected[-1]["weight"], rtol=1e-5, atol=1e-6)
+    best = load_checkpoint(tmp_path / "ema" / "model_best.pt")
+    torch.testing.assert_close(best["model"]["weight"], expected[1]["weight"], rtol=1e-5, atol=1e-6)
+    checkpoint = load_checkpoint(tmp_path / "ema" / "checkpoint.pt")  # the optimiser's weights, to resume
+    torch.testing.assert_close(checkpoint["model"]["weight"], raw[-1]["weight"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_ema_run_continues_the_average(tmp_path):
+    def run(path, kill_at=None, resume=False):
+        torch.manual_seed(0)
+        network = torch.nn.Conv2d(1, 2, 3, padding=1)
+        calls = []
+
+        def validate() -> float:
+            calls.append(1)
+            if len(calls) == kill_at:
+                raise _Killed
+            return 0.5
+
+        train(network, torch.nn.CrossEntropyLoss(), _batches, checkpoint=path, resume=resume, validate=validate,
+              config=TrainingConfig(epochs=4, iterations_per_epoch=3, learning_rate=0.05, ema=0.9))
+        return network.weight.detach()
+
+    whole = run(tmp_path / "a" / "checkpoint.pt")
+    with pytest.raises(_Killed):
+        run(tmp_path / "b" / "checkpoint.pt", kill_at=3)
+    torch.testing.assert_close(run(tmp_path / "b" / "checkpoint.pt", resume=True), whole, rtol=1e-6, atol=1e-7)
+
+
+def test_ema_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="ema=1.0"):
+        TrainingConfig(ema=1.0)

@@ -1,6 +1,7 @@
 """The training loop: AdamW or SGD with a poly schedule, a checkpoint every epoch, resume that
 continues the very same run, a time limit, mixed precision on GPU, steps with a non-finite loss
-skipped, run logs, and a progress bar that says how long is left; under ``torchrun``,
+skipped, an optional moving average of the weights, run logs, and a progress bar that says how
+long is left; under ``torchrun``,
 DistributedDataParallel (see :mod:`medseg.training.distributed`)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..errors import look_up_option
@@ -49,6 +51,9 @@ class TrainingConfig:
         workers: data loader processes.
         augmentation: augmentation preset: ``"auto"`` (``"2d"`` or ``"3d"`` by the network),
             ``"2d"``, ``"3d"`` or ``"none"``.
+        ema: decay of an exponential moving average of the weights, updated after every step
+            (0.99 weighs about the last 100 steps); validation, ``model_best.pt`` and the trained
+            network use the average, the optimiser the raw weights. 0 (default): the last weights.
     """
 
     epochs: int = 50
@@ -61,6 +66,7 @@ class TrainingConfig:
     amp: bool = True
     workers: int = 1
     augmentation: str = "auto"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", look_up_option(self.optimizer, ("adamw", "sgd"), argument="optimizer"))
@@ -68,6 +74,8 @@ class TrainingConfig:
             raise ValueError(f"epochs ({self.epochs}) and iterations_per_epoch ({self.iterations_per_epoch}) must be >= 1.")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit={self.time_limit}: give seconds > 0, or None.")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema={self.ema}: give a decay in [0, 1) (0.99 averages about the last 100 steps; 0 is off).")
 
     @property
     def lr(self) -> float:
@@ -96,7 +104,8 @@ def _step_loss(model: nn.Module, network: nn.Module, loss: nn.Module, batch: Bat
 
 
 class _Steps:
-    """One optimiser step at a time; a step whose loss is not finite changes no weight."""
+    """One optimiser step at a time; a step whose loss is not finite changes no weight. With
+    ``config.ema`` the steps also keep a moving average of the weights (``torch.optim.swa_utils``)."""
 
     def __init__(self, network: nn.Module, loss: nn.Module, config: TrainingConfig, device: torch.device) -> None:
         self.network, self.loss, self.device = network, loss, device
@@ -104,6 +113,8 @@ class _Steps:
         self.optimizer = _optimizer(network, config)
         self.amp = config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.average = (AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+                        if config.ema else None)
 
     def __call__(self, batch: Batch, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on ``batch``; returns the loss and whether it is finite (tensors: no sync)."""
@@ -124,13 +135,38 @@ class _Steps:
                 torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.average is not None:
+                    self.average.update_parameters(self.network)
         return value.detach().float(), finite
 
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside, the network holds the averaged weights (without an average, its own)."""
+        if self.average is None:
+            yield
+            return
+        last = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        self.network.load_state_dict(self.average.module.state_dict())
+        try:
+            yield
+        finally:
+            self.network.load_state_dict(last)
+
+    def keep_average(self) -> None:
+        """The network takes the averaged weights for good (the run's result)."""
+        if self.average is not None:
+            self.network.load_state_dict(self.average.module.state_dict())
+
     def state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
+        return state
 
     def load(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None and "ema" in state:  # else the average starts at the resumed weights
+            self.average.load_state_dict(state["ema"])
         if self.amp and state.get("scaler"):  # empty when the run that saved it had no AMP
             self.scaler.load_state_dict(state["scaler"])
 
@@ -178,7 +214,9 @@ def train(
     ``nonfinite_steps`` (steps skipped for a non-finite loss), ``lr`` (of the epoch's last step),
     ``time`` (wall seconds since the run began, at the end of the epoch's steps, earlier
     validations included) and ``seconds`` (the epoch's wall time, its validation included); with
-    ``validate``, also ``val_dice`` and ``val_seconds`` (how long that validation took).
+    ``validate``, also ``val_dice`` and ``val_seconds`` (how long that validation took). With
+    ``config.ema`` validation scores the averaged weights, ``model_best.pt`` holds them and the
+    network ends the run with them (the checkpoint keeps both, to resume).
 
     A resumed run restores the weights, the optimiser and AMP scaler states, the random states
     of torch, NumPy and Python and the position in the batch stream (when ``batches`` is a
@@ -245,7 +283,8 @@ def train(
                 position += record["steps"]
                 history.append(record)
                 if run_log is not None:  # model_best.pt before the checkpoint: a kill between redoes the epoch
-                    run_log.epoch_done(history, network)
+                    with steps.averaged():
+                        run_log.epoch_done(history, network)
                 if writes:
                     save_checkpoint({"model": network.state_dict(), **steps.state(), "epoch": epoch + 1,
                                      "elapsed": clock.elapsed(), "history": history, "batch": position,  # validation included
@@ -253,6 +292,7 @@ def train(
                 left = _time_left(record["time"], epoch + 1 - start_epoch, config, start_epoch, spent)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", val_dice=f"{record.get('val_dice', float('nan')):.4f}", left=left)
                 bar.update(round(100 * clock.progress((epoch + 1) * config.iterations_per_epoch)) - bar.n)
+        steps.keep_average()
     except Exception as error:
         if world.distributed and distributed.is_communication_error(error):
             raise distributed.failure(error) from error
@@ -316,7 +356,8 @@ def _epoch(
               "nonfinite_steps": skipped, "lr": lr, "time": clock.elapsed()}
     if validate is not None:
         checked = time.monotonic()
-        record["val_dice"] = float(validate())
+        with steps.averaged():
+            record["val_dice"] = float(validate())
         record["val_seconds"] = time.monotonic() - checked  # later epochs' "time" includes it
     record["seconds"] = time.monotonic() - began
     return record

@@ -269,7 +269,7 @@ class Pipeline(InstanceTasks, Predicting):
             first_batch=sum(int(h.get("steps", 0)) for h in self.history),  # a further fit draws new patches
         )
         if val_ids:  # what fit leaves to the validation cases: largest components, a detector's threshold
-            self._choose_postprocessing(cases, val_ids)
+            self.choose_postprocessing(val_ids, cases=cases)
         if output is not None and world.is_main:
             self.save(output)
         distributed.barrier()  # the others return once the run is saved

@@ -227,13 +227,30 @@ class Predicting:
             scores.append(np.nanmean([s["dice"] for s in score_prediction(values, reference, spec).values()]))
         return float(np.nanmean(distributed.gather_shards(scores, world)))
 
-    def _choose_postprocessing(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> None:
-        """nnU-Net's rule, per class (region): keep its largest component where that does not
-        lower its mean Dice over the validation cases, scored on their original grids."""
+    def choose_postprocessing(self, case_ids: Sequence[str] | None = None, *,
+                              cases: PreprocessedCases | None = None) -> InferenceConfig:
+        """Decide on ``case_ids`` (default: the validation split) what :meth:`fit` leaves to the
+        validation cases, where ``self.inference`` does not already say it: for each class
+        (region), nnU-Net's rule keeps its largest component where that does not lower its mean
+        Dice over the cases, scored on their original grids; Mask R-CNN gets the score threshold
+        with the best matching accuracy. Set ``largest_component`` (``score_threshold``) to
+        ``None`` first to decide again.
+
+        Args:
+            case_ids: labelled cases of the pipeline's data.
+            cases: their preprocessed cache (built when needed and not given).
+
+        Returns:
+            ``self.inference`` with the decision.
+        """
+        val_ids = list(case_ids if case_ids is not None else self.split.get("val") or [])
+        if not val_ids:
+            raise ValueError("choose_postprocessing: give case_ids (this pipeline has no validation split).")
         if self.is_instance:
-            return self._choose_score_threshold(cases, val_ids)
+            self._choose_score_threshold(cases if cases is not None else self.preprocessed_cases().build(val_ids), val_ids)
+            return self.inference
         if self.inference.largest_component is not None:
-            return None
+            return self.inference
         spec, world, data = self.plan.label_spec, distributed.current_world(), self._require_data()
         keys = list(spec.scored)
         rows = []  # per case: Dice of each class without, then with cleaning
@@ -256,3 +273,4 @@ class Predicting:
                      spec.scored[key], key in chosen, a, b)
         keep = True if len(chosen) == len(keys) else (False if not chosen else chosen)
         self.inference = InferenceConfig(**{**self.inference.to_dict(), "largest_component": keep})
+        return self.inference

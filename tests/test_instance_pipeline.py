@@ -356,7 +356,7 @@ def test_the_score_threshold_is_chosen_on_the_validation_cases(discs, monkeypatc
 
     monkeypatch.setattr(pipe, "_detect", detect)
     assert pipe.inference.score_threshold is None
-    pipe._choose_postprocessing(Cases(), ["c0", "c1"])
+    pipe.choose_postprocessing(["c0", "c1"], cases=Cases())
     assert pipe.inference.score_threshold == 0.2  # 0.1 and 0.2 both drop only the spurious one
     assert pipe.inference.to_dict()["score_threshold"] == 0.2
     assert "score_threshold" not in medseg_inference_defaults()

@@ -51,7 +51,9 @@ def test_largest_component_is_chosen_per_class(tmp_path, monkeypatch):
     predicted[20, 20] = 1
     probabilities = np.eye(3, dtype=np.float32)[predicted].transpose(2, 0, 1)
     monkeypatch.setattr(pipe, "_network_output", lambda sample: (probabilities, None))
-    pipe._choose_postprocessing(None, ["a", "b"])
+    with pytest.raises(ValueError, match="give case_ids"):  # no split yet
+        pipe.choose_postprocessing()
+    assert pipe.choose_postprocessing(["a", "b"]) is pipe.inference
     assert pipe.inference.largest_component == (1,)
     saved = json.loads(json.dumps(pipe.inference.to_dict()))
     assert saved["largest_component"] == [1] and InferenceConfig(**saved) == pipe.inference

@@ -275,11 +275,14 @@ class Pipeline(InstanceTasks, Predicting):
         distributed.barrier()  # the others return once the run is saved
         return self.history
 
-    def _augmentation(self, name: str):
-        if name == "auto":
-            name = self.plan.augmentation if self.plan.augmentation != "auto" else (
+    def _augmentation(self, spec: str | Mapping[str, Any]):
+        """The training augmentation: a preset name or ``{"preset": name, **fields}``; ``"auto"``
+        (the default preset) is the plan's, else ``"2d"`` or ``"3d"`` by the network."""
+        changes = dict(spec) if isinstance(spec, Mapping) else {"preset": spec}
+        if changes.get("preset", "auto") == "auto":
+            changes["preset"] = self.plan.augmentation if self.plan.augmentation != "auto" else (
                 "2d" if self.plan.spatial_dims == 2 else "3d")
-        return create_augmentation(name)
+        return create_augmentation(changes)
 
     def _precompute(self):
         precompute = getattr(self.loss, "precompute", None)

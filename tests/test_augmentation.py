@@ -114,3 +114,14 @@ def test_a_stream_on_thick_slices_draws_in_plane() -> None:
     for _ in range(10):
         patch = stream.patch("a", rng)
         assert patch["image"].shape == (1, 16, 16, 4) and patch["image"].min() > 0.9999
+
+
+def test_a_settings_mapping_changes_fields_of_a_preset():
+    from medseg.sampling import Augmentation, create_augmentation
+
+    assert create_augmentation({"preset": "3d", "p_flip": 0, "scale": [0.9, 1.1]}) == Augmentation(p_flip=0.0, scale=(0.9, 1.1))
+    assert create_augmentation({"p_gamma": 0.5}) == Augmentation(p_gamma=0.5)  # the 3d preset by default
+    none = create_augmentation({"preset": "none", "p_flip": 0.5})
+    assert none.p_flip == 0.5 and none.p_affine == 0.0 and none.p_noise == 0.0
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['p_flips'\]"):
+        create_augmentation({"p_flips": 0.0})

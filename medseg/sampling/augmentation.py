@@ -8,8 +8,9 @@ augmentation: turning a 3.6 mm axis into a 0.6 mm one would shear the anatomy.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -160,7 +161,22 @@ AUGMENTATIONS: dict[str, Augmentation] = {
 }
 
 
-def create_augmentation(name: str) -> Augmentation:
+def create_augmentation(name: str | Mapping[str, Any]) -> Augmentation:
     """An augmentation preset by name: ``3d``, ``2d`` (full in-plane rotation), ``natural``
-    (photographs: scaling 0.5-2x) or ``none``."""
+    (photographs: scaling 0.5-2x) or ``none``; or a mapping ``{"preset": name, **fields}`` that
+    changes fields of a preset (default ``3d``), as a settings file gives it.
+
+    Example:
+        >>> create_augmentation({"preset": "3d", "p_flip": 0.0, "scale": [0.9, 1.1]}).scale
+        (0.9, 1.1)
+    """
+    if isinstance(name, Mapping):
+        changes = dict(name)
+        preset = changes.pop("preset", "3d")
+        fields = {f.name for f in dataclasses.fields(Augmentation)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(f"augmentation: unknown field(s) {unknown}; a preset's fields are {sorted(fields)}.")
+        changes = {k: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v) for k, v in changes.items()}
+        return dataclasses.replace(create_augmentation(preset), **changes)
     return AUGMENTATIONS[look_up_option(name, AUGMENTATIONS, argument="augmentation")]

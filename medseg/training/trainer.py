@@ -50,7 +50,8 @@ class TrainingConfig:
         amp: float16 autocast where a GPU is used.
         workers: data loader processes.
         augmentation: augmentation preset: ``"auto"`` (``"2d"`` or ``"3d"`` by the network),
-            ``"2d"``, ``"3d"`` or ``"none"``.
+            ``"2d"``, ``"3d"``, ``"natural"`` or ``"none"``; or ``{"preset": name, **fields}``
+            changing fields of :class:`~medseg.sampling.Augmentation` (e.g. ``{"p_flip": 0.0}``).
         ema: decay of an exponential moving average of the weights, updated after every step
             (0.99 weighs about the last 100 steps); validation, ``model_best.pt`` and the trained
             network use the average, the optimiser the raw weights. 0 (default): the last weights.
@@ -65,7 +66,7 @@ class TrainingConfig:
     seed: int = 0
     amp: bool = True
     workers: int = 1
-    augmentation: str = "auto"
+    augmentation: str | dict[str, Any] = "auto"
     ema: float = 0.0
 
     def __post_init__(self) -> None:

@@ -302,3 +302,14 @@ def test_a_resumed_ema_run_continues_the_average(tmp_path):
 def test_ema_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="ema=1.0"):
         TrainingConfig(ema=1.0)
+
+
+def test_a_finished_run_resumed_with_ema_but_no_average_saved_keeps_its_weights(tmp_path):
+    torch.manual_seed(0)
+    trained = torch.nn.Conv2d(1, 2, 3, padding=1)
+    train(trained, torch.nn.CrossEntropyLoss(), _batches(), checkpoint=tmp_path / "checkpoint.pt",
+          config=TrainingConfig(epochs=1, iterations_per_epoch=2, learning_rate=0.05))
+    fresh = torch.nn.Conv2d(1, 2, 3, padding=1)  # other initial weights: the average would start from them
+    train(fresh, torch.nn.CrossEntropyLoss(), _batches(), checkpoint=tmp_path / "checkpoint.pt", resume=True,
+          config=TrainingConfig(epochs=1, iterations_per_epoch=2, learning_rate=0.05, ema=0.9))
+    torch.testing.assert_close(fresh.weight.detach(), trained.weight.detach(), rtol=0, atol=0)

@@ -143,7 +143,7 @@ class _Steps:
     @contextmanager
     def averaged(self) -> Iterator[None]:
         """Inside, the network holds the averaged weights (without an average, its own)."""
-        if self.average is None:
+        if self.average is None or not int(self.average.n_averaged):  # no step averaged yet
             yield
             return
         last = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
@@ -155,7 +155,7 @@ class _Steps:
 
     def keep_average(self) -> None:
         """The network takes the averaged weights for good (the run's result)."""
-        if self.average is not None:
+        if self.average is not None and int(self.average.n_averaged):
             self.network.load_state_dict(self.average.module.state_dict())
 
     def state(self) -> dict[str, Any]:

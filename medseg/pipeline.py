@@ -282,6 +282,10 @@ class Pipeline(InstanceTasks, Predicting):
         if changes.get("preset", "auto") == "auto":
             changes["preset"] = self.plan.augmentation if self.plan.augmentation != "auto" else (
                 "2d" if self.plan.spatial_dims == 2 else "3d")
+        if self.plan.mirror_axes is not None:  # classes keep their order along the other axes
+            changes.setdefault("flip_axes", self.plan.mirror_axes)
+            if "rotation" not in changes:  # a half turn would mirror them too: at most 30 degrees
+                changes["rotation"] = min(create_augmentation(changes["preset"]).rotation, 30.0)
         return create_augmentation(changes)
 
     def _precompute(self):

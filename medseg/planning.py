@@ -40,6 +40,9 @@ _MAX_BATCH = {2: 16, 3: 8}
 _MIN_EDGE = 4  # smallest bottleneck edge in voxels (nnU-Net's min feature map size)
 _MIN_OBJECT_VOXELS = 8  # an instance keeps this many voxels across when the planner coarsens the grid
 _MAX_POOLS = {2: 5, 3: 4}  # most downsamplings per axis
+# Mirroring along an axis is left out when two classes lie in one order along it in this share of
+# the cases holding both (read from up to _ORDER_CASES cases, and only from _ORDER_MIN_CASES on).
+_ORDER_SHARE, _ORDER_CASES, _ORDER_MIN_CASES = 0.95, 100, 10
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class Plan:
             entries); default 3 on every axis.
         augmentation: the augmentation preset (:data:`~medseg.sampling.AUGMENTATIONS`), ``"auto"``
             for ``2d``/``3d`` by the network; ``"natural"`` (scaling 0.5-2x) for RGB photographs.
+        mirror_axes: the network's axes (0-based) that augmentation and mirroring TTA mirror;
+            ``None`` (default): every axis. The planner leaves out an axis along which two classes
+            keep one order (the hippocampus' head before its tail, a left organ beside a right
+            one): mirroring would show the network layouts no case has.
         task: ``"semantic"``, or ``"instance"`` (:mod:`medseg.instance_tasks`).
         instances: for an instance task, ``{"mode", "target", "labels"}``: how labels became
             instances, what the network learns (``"instances"`` or ``"bordercore"``) and the
@@ -91,6 +98,7 @@ class Plan:
     augmentation: str = "auto"
     task: str = "semantic"
     instances: dict[str, Any] | None = None
+    mirror_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         stages, dims = len(self.features), self.spatial_dims
@@ -104,6 +112,11 @@ class Plan:
                 "isotropic default).")
         object.__setattr__(self, "pool_kernels", pools)
         object.__setattr__(self, "conv_kernels", convs)
+        if self.mirror_axes is not None:
+            axes = tuple(sorted({int(a) for a in self.mirror_axes}))
+            if any(not 0 <= a < dims for a in axes):
+                raise ValueError(f"Plan: mirror_axes {list(self.mirror_axes)} must be axes 0..{dims - 1} of the network, or None.")
+            object.__setattr__(self, "mirror_axes", axes)
 
     @property
     def label_spec(self) -> LabelSpec:
@@ -121,11 +134,11 @@ class Plan:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as JSON types; ``augmentation``, ``task`` and ``instances`` only when not at
-        their defaults, so that the settings digest of runs and cross-validations saved before
-        the fields existed is unchanged."""
+        """The plan as JSON types; ``augmentation``, ``task``, ``instances`` and ``mirror_axes``
+        only when not at their defaults, so that the settings digest of runs and cross-validations
+        saved before the fields existed is unchanged."""
         data = json.loads(json.dumps(asdict(self)))
-        for key, default in (("augmentation", "auto"), ("task", "semantic"), ("instances", None)):
+        for key, default in (("augmentation", "auto"), ("task", "semantic"), ("instances", None), ("mirror_axes", None)):
             if data.get(key, default) == default:
                 data.pop(key, None)
         return data
@@ -140,9 +153,13 @@ class Plan:
 
     def __str__(self) -> str:
         rows = [f"  {k:<15} {v}" for k, v in asdict(self).items()
-                if k not in ("intensity", "labels", "pool_kernels", "conv_kernels", "task", "instances")]
+                if k not in ("intensity", "labels", "pool_kernels", "conv_kernels", "task", "instances", "mirror_axes")]
         rows.append(f"  {'pool_kernels':<15} {' '.join('x'.join(map(str, k)) for k in self.pool_kernels)}")
         rows.append(f"  {'conv_kernels':<15} {' '.join('x'.join(map(str, k)) for k in self.conv_kernels)}")
+        if self.mirror_axes is not None:
+            kept = [a for a in range(self.spatial_dims) if a not in self.mirror_axes]
+            rows.append(f"  {'mirror_axes':<15} {self.mirror_axes or 'none'} (classes keep one order along axis "
+                        f"{', '.join(map(str, kept))})")
         if self.task != "semantic":
             found = self.instances or {}
             rows.append(f"  {'task':<15} {self.task}: {found.get('target')}, instances by {found.get('mode')}")
@@ -371,7 +388,50 @@ def plan_dataset(
         pool_kernels=pool_kernels,
         conv_kernels=conv_kernels,
         augmentation="natural" if natural else "auto",
+        mirror_axes=_mirror_axes(dataset, spec, data_dims, slice_axis),
     )
+
+
+def _mirror_axes(dataset: Dataset, spec: LabelSpec, data_dims: int, slice_axis: int | None) -> tuple[int, ...] | None:
+    """The network axes mirroring may flip: all but those along which two foreground classes lie
+    in one order (their centroids' difference has one sign) in ``_ORDER_SHARE`` of the cases that
+    hold both; ``None`` when that leaves every axis (one foreground class, too few cases, classes
+    in no fixed order). nnU-Net mirrors every axis and trains long enough to tell a mirrored
+    head from a tail; a run of minutes is better off never seeing one (see README: accuracy)."""
+    from .io.instances import InstanceDataset
+
+    foreground = list(range(1 if spec.background else 0, spec.num_classes))  # class indices
+    if len(foreground) < 2 or len(dataset.case_ids) < _ORDER_MIN_CASES or isinstance(dataset, InstanceDataset):
+        return None  # (instances: a border lies round its core, in no order)
+    labelled = [c for c in dataset.case_ids if dataset.cases[c].label is not None]
+    chosen = labelled[:: max(1, math.ceil(len(labelled) / _ORDER_CASES))]
+    plain_files = type(dataset).load is Dataset.load  # else a format decodes its labels in load()
+
+    def centroids(case: str) -> dict[int, np.ndarray]:
+        label = dataset.load_label(case) if plain_files else dataset.load(case).label
+        if dataset.label_spec is None:  # raw values, as the plan's classes were found
+            label = spec.encode(label.astype(np.int64, copy=False), source=case)
+        found = {}
+        for value in foreground:
+            where = np.nonzero(label == value)
+            if where[0].size:
+                found[value] = np.array([axis.mean() for axis in where])
+        return found
+
+    with ThreadPoolExecutor(4) as pool:
+        cases = list(pool.map(centroids, chosen))
+    ordered: set[int] = set()
+    for i, first in enumerate(foreground):
+        for second in foreground[i + 1:]:
+            differences = np.array([c[first] - c[second] for c in cases if first in c and second in c])
+            if len(differences) < _ORDER_MIN_CASES:
+                continue
+            shares = np.maximum((differences > 0).mean(0), (differences < 0).mean(0))
+            ordered |= {int(a) for a in np.flatnonzero(shares >= _ORDER_SHARE)}
+    axes = [a for a in range(data_dims) if a != slice_axis]  # the network's axes, as data axes
+    if not ordered & set(axes):
+        return None
+    return tuple(k for k, a in enumerate(axes) if a not in ordered)
 
 
 def is_natural(dataset: Dataset, data_dims: int = 2) -> bool:

@@ -56,7 +56,7 @@ class Predicting:
             network.to(self.device)
         return predict_probabilities([self.network, *self.ensemble], image, roi_size=tuple(self.plan.patch_size),
                                      config=self.inference, slice_axis=self.plan.slice_axis, device=self.device,
-                                     activation=self._activation)
+                                     activation=self._activation, mirror_axes=self.plan.mirror_axes)
 
     @property
     def _activation(self) -> str:

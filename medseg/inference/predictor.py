@@ -90,6 +90,7 @@ def predict_probabilities(
     slice_axis: int | None = None,
     device: torch.device | str = "cpu",
     activation: str = "softmax",
+    mirror_axes: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Class (or region) probabilities for one preprocessed case.
 
@@ -102,6 +103,8 @@ def predict_probabilities(
         device: where the networks run; the blended output stays on the CPU.
         activation: ``"softmax"`` over the class channels, or ``"sigmoid"`` on each channel (one
             per region); mirrored passes and ensemble members average the activated outputs.
+        mirror_axes: the network's spatial axes (0-based) that ``config.mirror`` mirrors; default
+            every axis (a plan's ``mirror_axes``: the axes training mirrored).
 
     Returns:
         ``(K, *spatial)`` float32 probabilities (class probabilities sum to 1 per voxel; region
@@ -117,7 +120,8 @@ def predict_probabilities(
     else:
         x = x[None]
     spatial = x.ndim - 2
-    mirror_axes = tuple(range(2, 2 + spatial)) if config.mirror else ()
+    axes = range(spatial) if mirror_axes is None else mirror_axes
+    mirror_axes = tuple(2 + int(a) for a in axes) if config.mirror else ()
     total = None
     for network in networks:
         network.eval()

@@ -169,6 +169,13 @@ class Dataset:
             label = self._check_label(label_data, files.label)
         return Sample(case_id, image, geometry, label)
 
+    def load_label(self, case_id: str) -> np.ndarray | None:
+        """The label of a case alone, checked as :meth:`load` checks it (without comparing its
+        grid with the image's); ``None`` for a case without one. Formats that override
+        :meth:`load` read their labels there."""
+        path = self.files(case_id).label
+        return None if path is None else self._check_label(one_channel(read_image_file(path)[0], path), path)
+
     def _check_label(self, label: np.ndarray, path: Path) -> np.ndarray:
         if not np.issubdtype(label.dtype, np.integer):
             if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):

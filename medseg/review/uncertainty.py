@@ -48,7 +48,8 @@ def case_uncertainty(pipe: Pipeline, image: np.ndarray) -> tuple[np.ndarray, flo
         network.to(pipe.device)
     config = pipe.inference if len(networks) > 1 else dataclasses.replace(pipe.inference, mirror=True)
     members = [predict_probabilities(network, image, roi_size=tuple(pipe.plan.patch_size), config=config,
-                                     slice_axis=pipe.plan.slice_axis, device=pipe.device, activation=activation)
+                                     slice_axis=pipe.plan.slice_axis, device=pipe.device, activation=activation,
+                                     mirror_axes=pipe.plan.mirror_axes)
                for network in networks]
     mean = np.mean(members, axis=0) if len(members) > 1 else members[0]
     if len(members) == 1:

@@ -42,6 +42,8 @@ class Augmentation:
         brightness: range of the brightness factor.
         p_gamma: chance of a gamma change in ``gamma`` (on intensities rescaled to [0, 1]).
         gamma: range of gamma.
+        flip_axes: the patch axes that may be mirrored (0-based); ``None``: every axis. Every
+            axis still draws its chance, so the other draws do not depend on it.
     """
 
     p_affine: float = 0.2
@@ -54,6 +56,7 @@ class Augmentation:
     brightness: tuple[float, float] = (0.75, 1.25)
     p_gamma: float = 0.15
     gamma: tuple[float, float] = (0.7, 1.5)
+    flip_axes: tuple[int, ...] | None = None
 
     @property
     def margin(self) -> float:
@@ -71,7 +74,8 @@ class Augmentation:
             spacing: the patch's voxel spacing; a 3D patch whose coarsest spacing is over
                 ``ANISOTROPY`` times its finest is rotated about that axis only and scaled in-plane.
         """
-        params: dict[str, Any] = {"flip": [a for a in range(spatial_dims) if rng.random() < self.p_flip]}
+        params: dict[str, Any] = {"flip": [a for a in range(spatial_dims) if rng.random() < self.p_flip
+                                           and (self.flip_axes is None or a in self.flip_axes)]}
         if rng.random() < self.p_affine:
             thick = _thick_axis(spacing) if spatial_dims == 3 else None
             if thick is None:
@@ -138,6 +142,13 @@ class Augmentation:
         return asdict(self)
 
 
+def _field_value(name: str, value: Any) -> Any:
+    """A settings value as the :class:`Augmentation` field holds it (JSON lists become tuples)."""
+    if name == "flip_axes":
+        return None if value is None else tuple(int(a) for a in value)
+    return tuple(float(x) for x in value) if isinstance(value, (list, tuple)) else float(value)
+
+
 def _thick_axis(spacing: Sequence[float] | None) -> int | None:
     """The coarse axis of a strongly anisotropic 3D spacing (resample's rule), else ``None``."""
     if spacing is None or len(spacing) != 3:
@@ -177,6 +188,6 @@ def create_augmentation(name: str | Mapping[str, Any]) -> Augmentation:
         unknown = sorted(set(changes) - fields)
         if unknown:
             raise ValueError(f"augmentation: unknown field(s) {unknown}; a preset's fields are {sorted(fields)}.")
-        changes = {k: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v) for k, v in changes.items()}
+        changes = {k: _field_value(k, v) for k, v in changes.items()}
         return dataclasses.replace(create_augmentation(preset), **changes)
     return AUGMENTATIONS[look_up_option(name, AUGMENTATIONS, argument="augmentation")]

@@ -34,7 +34,7 @@ def mean_entropy(probabilities: np.ndarray, activation: str = "softmax") -> floa
 def case_uncertainty(pipe: Pipeline, image: np.ndarray) -> tuple[np.ndarray, float, str]:
     """Probabilities and uncertainty of one preprocessed image ``(C, *spatial)``.
 
-    One network: the mean probabilities over the mirror images (every spatial axis, 2**dims
+    One network: the mean probabilities over the mirror images (along the plan's mirror axes: 2**axes
     passes) and the mean voxel entropy of that mean (``entropy-tta``). A fold ensemble: each
     fold's probabilities (mirrored as the run's inference says), their mean, and the mean voxel
     mutual information ``H(mean) - mean(H(fold))`` (``fold-disagreement``).

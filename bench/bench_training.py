@@ -12,7 +12,7 @@ a fifth of the cases), on 2 CPU threads and one loader worker each:
   (and so its learning-rate schedule) still runs on the wall clock, validation included.
 * **MONAI**: the tutorial loop: ``LoadImaged``, ``EnsureChannelFirstd``, ``CropForegroundd``,
   ``NormalizeIntensityd(nonzero=True)``, ``SpatialPadd`` in a ``CacheDataset``, then
-  ``RandCropByPosNegLabeld(pos=1, neg=1, num_samples=batch)`` and ``RandFlipd`` per axis,
+  ``RandCropByPosNegLabeld(pos=1, neg=1, num_samples=batch)`` and ``RandFlipd`` per axis of the plan's mirror axes,
   ``DiceCELoss(softmax, to_onehot_y)``, AdamW 1e-3 at a constant rate. Every 25 steps the clock
   stops and the held-out cases are scored with MONAI's ``sliding_window_inference`` (ROI = patch,
   overlap 0.5, Gaussian) and ``DiceMetric`` (foreground labels, mean per case, then over cases).
@@ -75,11 +75,12 @@ def run_monai(pipe: medseg.Pipeline, seconds: float, seed: int) -> tuple[list, f
     files = {case: {"image": str(pipe.data.cases[case].images[0]), "label": str(pipe.data.cases[case].label)}
              for case in [*pipe.split["train"], *pipe.split["val"]]}
     keys = ["image", "label"]
+    mirror_axes = range(3) if pipe.plan.mirror_axes is None else pipe.plan.mirror_axes  # as medseg flips
     base = [mt.LoadImaged(keys), mt.EnsureChannelFirstd(keys), mt.CropForegroundd(keys, source_key="image"),
             mt.NormalizeIntensityd("image", nonzero=True), mt.SpatialPadd(keys, patch)]
     train_tf = mt.Compose(base + [
         mt.RandCropByPosNegLabeld(keys, "label", patch, pos=1, neg=1, num_samples=batch),
-        *[mt.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)],
+        *[mt.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in mirror_axes],
     ])
     start = time.perf_counter()
     train_ds = CacheDataset([files[c] for c in pipe.split["train"]], train_tf, cache_rate=1.0, num_workers=2, progress=False)

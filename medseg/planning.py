@@ -2,7 +2,8 @@
 
 Target spacing is the median spacing (coarsened when the median image would not fit the compute
 budget), the patch covers the median image where the budget allows, classes and channels come
-from the data, and CT data gets CT normalisation.
+from the data, CT data gets CT normalisation, and mirroring (augmentation and TTA) leaves out the
+axes along which the classes keep one order in the labels.
 
 RGB photographs (channels declared ``R, G, B``, as the VOC, Cityscapes, CamVid and COCO readers
 declare them) get the natural-image plan: pixels as they are (no resampling, images of any size),

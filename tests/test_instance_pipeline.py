@@ -204,12 +204,13 @@ def test_invert_encoded_is_nearest_and_exact():
 
 
 def test_semantic_run_config_unchanged(tmp_path):
-    """A semantic plan holds exactly the keys it held before instance tasks existed."""
+    """A semantic plan holds the keys it held before instance tasks existed (and the hippocampus'
+    mirror axes, a semantic choice), none of the instance task's."""
     pipe = Pipeline(SAMPLES / "hippocampus", device="cpu")
     plan = pipe.config()["plan"]
     assert sorted(plan) == ['batch_size', 'class_names', 'conv_kernels', 'features', 'in_channels', 'intensity',
-                            'labels', 'median_shape', 'normalization', 'num_classes', 'patch_size', 'pool_kernels',
-                            'slice_axis', 'spatial_dims', 'target_spacing']
+                            'labels', 'median_shape', 'mirror_axes', 'normalization', 'num_classes', 'patch_size',
+                            'pool_kernels', 'slice_axis', 'spatial_dims', 'target_spacing']
     assert sorted(pipe.config()) == ["architecture", "format", "history", "inference", "loss", "plan",
                                      "preprocessing", "sampler", "split", "training"]
     assert not pipe.is_instance and pipe.instance_target is None and "task" not in str(pipe.plan)

@@ -10,16 +10,15 @@ import itertools
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 from scipy import ndimage
+from test_planning import HIPPOCAMPUS, _copy_cases, _thick
 
 from medseg import Pipeline
 from medseg.inference import InferenceConfig, predict_probabilities
 from medseg.io import open_dataset
 from medseg.planning import plan_dataset
 from medseg.sampling.augmentation import Augmentation
-from test_planning import HIPPOCAMPUS, _copy_cases, _thick
 
 
 def _ordered_by_scipy(root, share: float = 0.95) -> set[int]:

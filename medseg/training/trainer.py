@@ -166,7 +166,7 @@ class _Steps:
 
     def load(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.average is not None and "ema" in state:  # else the average starts at the resumed weights
+        if self.average is not None and "ema" in state:  # else it starts again at the next step
             self.average.load_state_dict(state["ema"])
         if self.amp and state.get("scaler"):  # empty when the run that saved it had no AMP
             self.scaler.load_state_dict(state["scaler"])

@@ -25,7 +25,7 @@ from .planning import Plan, fingerprint_dataset, plan_dataset
 from .prediction import Predicting
 from .preprocessing import CropForeground, CTNormalize, Pad, Resample, RGBNormalize, Step, ZScore
 from .preprocessing.cache import PreprocessedCases
-from .sampling import PatchSampler, PatchStream, create_augmentation, make_loader
+from .sampling import Augmentation, PatchSampler, PatchStream, create_augmentation, make_loader
 from .training import TrainingConfig, distributed, train
 from .training.distributed import shard
 
@@ -251,7 +251,7 @@ class Pipeline(InstanceTasks, Predicting):
         cases = cases.build([*train_ids, *val_ids])
         stream = PatchStream(
             cases, train_ids, self.sampler, batch_size=distributed.local_batch(self.plan.batch_size, world),
-            augmentation=self._augmentation(config.augmentation),
+            augmentation=self.training_augmentation(config.augmentation),
             precompute=self._precompute(), num_classes=self._stream_classes, spacing=self._patch_spacing(),
             seed=config.seed, rank=world.rank,
         )
@@ -275,9 +275,11 @@ class Pipeline(InstanceTasks, Predicting):
         distributed.barrier()  # the others return once the run is saved
         return self.history
 
-    def _augmentation(self, spec: str | Mapping[str, Any]):
-        """The training augmentation: a preset name or ``{"preset": name, **fields}``; ``"auto"``
-        (the default preset) is the plan's, else ``"2d"`` or ``"3d"`` by the network."""
+    def training_augmentation(self, spec: str | Mapping[str, Any] | None = None) -> Augmentation:
+        """The augmentation :meth:`fit` trains with for ``spec`` (default ``training.augmentation``):
+        a preset name or ``{"preset": name, **fields}``; ``"auto"`` (the default preset) is the
+        plan's, else ``"2d"`` or ``"3d"`` by the network; flips only along the plan's mirror axes."""
+        spec = self.training.augmentation if spec is None else spec
         changes = dict(spec) if isinstance(spec, Mapping) else {"preset": spec}
         if changes.get("preset", "auto") == "auto":
             changes["preset"] = self.plan.augmentation if self.plan.augmentation != "auto" else (

@@ -203,8 +203,8 @@ def test_natural_plan_keeps_pixels_whatever_the_dpi(built, tmp_path):
 
     pipe = Pipeline(data, device="cpu")
     assert [s.name for s in pipe.preprocessing] == ["rgb", "pad"]  # no crop, no resampling
-    assert pipe._augmentation("auto").scale == (0.5, 2.0)
-    changed = pipe._augmentation({"p_flip": 0.0})  # a settings mapping changes the plan's preset
+    assert pipe.training_augmentation("auto").scale == (0.5, 2.0)
+    changed = pipe.training_augmentation({"p_flip": 0.0})  # a settings mapping changes the plan's preset
     assert changed.scale == (0.5, 2.0) and changed.p_flip == 0.0
     assert pipe.split_cases() == (data.official_split["train"], data.official_split["val"])  # the format's split
     train, val = pipe.split_cases(val_fraction=0.5)  # unless a share is asked for

@@ -96,8 +96,9 @@ def test_mirroring_tta_averages_only_the_planned_axes():
 def test_a_pipeline_trains_and_predicts_with_the_planned_axes():
     pipe = Pipeline(str(HIPPOCAMPUS), device="cpu")
     assert pipe.plan.mirror_axes == (0,)
-    assert pipe._augmentation("auto").flip_axes == (0,)
-    assert pipe._augmentation("auto").rotation == 30.0  # the 3D preset's
-    half_turns = pipe._augmentation("2d")
+    assert pipe.training_augmentation("auto").flip_axes == (0,)
+    assert pipe.training_augmentation() == pipe.training_augmentation("auto")  # training.augmentation
+    assert pipe.training_augmentation("auto").rotation == 30.0  # the 3D preset's
+    half_turns = pipe.training_augmentation("2d")
     assert half_turns.flip_axes == (0,) and half_turns.rotation == 30.0  # the 2D preset turns 180 degrees
-    assert pipe._augmentation({"flip_axes": [0, 1, 2]}).flip_axes == (0, 1, 2)  # a settings file may ask for all
+    assert pipe.training_augmentation({"flip_axes": [0, 1, 2]}).flip_axes == (0, 1, 2)  # a settings file may ask for all

@@ -23,6 +23,7 @@ reaches ``--target`` (``inf`` if it does not within ``--seconds``) and the ratio
 time (cold cache build) of each.
 
     python bench/bench_training.py --seconds 600      # about 25 minutes on 2 cores
+    python bench/bench_training.py --seconds 60 --device cuda   # a GPU: both sides float16 autocast, cuDNN autotuning
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def first_reach(curve: list[tuple[float, float]], target: float) -> float:
     return next((t for t, d in curve if d >= target), math.inf)
 
 
-def run_medseg(data, seconds: float, cache: Path, seed: int) -> tuple[list, float, medseg.Pipeline]:
-    pipe = medseg.Pipeline(data, device="cpu", cache_dir=cache, training=medseg.TrainingConfig(seed=seed))
+def run_medseg(data, seconds: float, cache: Path, seed: int, device: str = "cpu") -> tuple[list, float, medseg.Pipeline]:
+    pipe = medseg.Pipeline(data, device=device, cache_dir=cache, training=medseg.TrainingConfig(seed=seed))
     train_ids, val_ids = pipe.split_cases(val_fraction=0.2)
     start = time.perf_counter()
     pipe.preprocessed_cases().build([*train_ids, *val_ids])
@@ -61,7 +62,7 @@ def run_medseg(data, seconds: float, cache: Path, seed: int) -> tuple[list, floa
     return [(h["time"] - v, h["val_dice"]) for h, v in zip(history, validated)], setup, pipe
 
 
-def run_monai(pipe: medseg.Pipeline, seconds: float, seed: int) -> tuple[list, float]:
+def run_monai(pipe: medseg.Pipeline, seconds: float, seed: int, device: str = "cpu") -> tuple[list, float]:
     from monai import transforms as mt
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import sliding_window_inference
@@ -86,8 +87,11 @@ def run_monai(pipe: medseg.Pipeline, seconds: float, seed: int) -> tuple[list, f
     train_ds = CacheDataset([files[c] for c in pipe.split["train"]], train_tf, cache_rate=1.0, num_workers=2, progress=False)
     val_ds = CacheDataset([files[c] for c in pipe.split["val"]], mt.Compose(base), cache_rate=1.0, num_workers=2, progress=False)
     setup = time.perf_counter() - start
-    loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=1, persistent_workers=True)
-    network = pipe.fresh(seed=seed).network
+    cuda = torch.device(device).type == "cuda"  # then float16 autocast and cuDNN autotuning, as medseg's trainer
+    loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=1, persistent_workers=True, pin_memory=cuda)
+    network = pipe.fresh(seed=seed).network.to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    torch.backends.cudnn.benchmark = cuda
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
     metric = DiceMetric(include_background=False, reduction="none")
@@ -98,8 +102,9 @@ def run_monai(pipe: medseg.Pipeline, seconds: float, seed: int) -> tuple[list, f
         values = []
         with torch.inference_mode():
             for item in val_ds:
-                logits = sliding_window_inference(item["image"][None].as_tensor(), patch, 4, network,
-                                                  overlap=0.5, mode="gaussian")
+                with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                    logits = sliding_window_inference(item["image"][None].as_tensor(), patch, 4, network, overlap=0.5,
+                                                      mode="gaussian", sw_device=device, device="cpu").float()
                 prediction = torch.nn.functional.one_hot(logits.argmax(1), classes).movedim(-1, 1)
                 reference = torch.nn.functional.one_hot(item["label"][None, 0].as_tensor().long(), classes).movedim(-1, 1)
                 values.append(float(np.nanmean(metric(prediction, reference).numpy())))
@@ -117,12 +122,17 @@ def run_monai(pipe: medseg.Pipeline, seconds: float, seed: int) -> tuple[list, f
         began = time.perf_counter()
         for _ in range(25):
             item = next(batches)
-            x, y = item["image"].as_tensor(), item["label"].as_tensor()
-            loss = loss_fn(network(x), y)
+            x = item["image"].as_tensor().to(device, non_blocking=True)
+            y = item["label"].as_tensor().to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                loss = loss_fn(network(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             steps += 1
+        if cuda:
+            torch.cuda.synchronize()
         clock += time.perf_counter() - began
         curve.append((clock, score()))
         print(f"monai  {clock:6.0f} s  step {steps}  val Dice {curve[-1][1]:.4f}", flush=True)
@@ -141,6 +151,8 @@ def prediction_times(pipe: medseg.Pipeline, rounds: int = 3) -> tuple[list[Row],
     images = {c: np.asarray(cases.image(c)) for c in pipe.split["val"]}
     labels = {c: np.asarray(cases.label(c)) for c in pipe.split["val"]}
     network, patch, classes = pipe.network.eval(), tuple(pipe.plan.patch_size), pipe.plan.num_classes
+    device = next(network.parameters()).device
+    cuda = device.type == "cuda"
 
     def ours() -> dict:
         return {c: pipe.predict_probabilities(x).argmax(0) for c, x in images.items()}
@@ -149,7 +161,9 @@ def prediction_times(pipe: medseg.Pipeline, rounds: int = 3) -> tuple[list[Row],
         out = {}
         with torch.inference_mode():
             for c, x in images.items():
-                logits = sliding_window_inference(torch.from_numpy(x)[None], patch, 4, network, overlap=0.5, mode="gaussian")
+                with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                    logits = sliding_window_inference(torch.from_numpy(x)[None], patch, 4, network, overlap=0.5, mode="gaussian",
+                                                      sw_device=device, device="cpu").float()
                 out[c] = torch.softmax(logits, 1)[0].argmax(0).numpy()
         return out
 
@@ -171,8 +185,8 @@ def prediction_times(pipe: medseg.Pipeline, rounds: int = 3) -> tuple[list[Row],
             times[name].append(time.perf_counter() - start)
     windows = [math.prod(len(s) for s in window_starts(x.shape[1:], patch, (0.5,) * len(patch))) for x in images.values()]
     note = (f"{len(images)} held-out cases; mean Dice medseg {dice(results['medseg']):.4f}, MONAI {dice(results['monai']):.4f}; "
-            f"the same {sum(windows)} windows of {patch} for both ({windows.count(1)} cases are one window, a batch of one, "
-            "whose 3D convolutions medseg runs on oneDNN: medseg.inference.kernels)")
+            f"the same {sum(windows)} windows of {patch} for both ({windows.count(1)} cases are one window, a batch of one"
+            + (", whose 3D convolutions medseg runs on oneDNN: medseg.inference.kernels)" if not cuda else f"; {device})"))
     row = Row("training", "predict all held-out hippocampus cases (default plan vs overlap 0.5, training patch)", "s",
               Stats.of(times["medseg"]), "MONAI sliding window", Stats.of(times["monai"]), note=note)
     return [row], note
@@ -186,6 +200,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", default=None)
     parser.add_argument("--quick", action="store_true", help="20 s each: checks the script runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: on a GPU both sides use float16 autocast and cuDNN autotuning")
     args = parser.parse_args()
     if args.quick:
         args.seconds = 20
@@ -193,10 +208,10 @@ def main() -> None:
     data = medseg.MSDDataset(args.data)
     cache = Path(tempfile.mkdtemp(prefix="medseg-train-bench-"))
     try:
-        medseg_curve, medseg_setup, pipe = run_medseg(data, args.seconds, cache, args.seed)
+        medseg_curve, medseg_setup, pipe = run_medseg(data, args.seconds, cache, args.seed, args.device)
         for t, d in medseg_curve:
             print(f"medseg {t:6.0f} s  val Dice {d:.4f}")
-        monai_curve, monai_setup = run_monai(pipe, args.seconds, args.seed)
+        monai_curve, monai_setup = run_monai(pipe, args.seconds, args.seed, args.device)
         predicted, predicted_note = prediction_times(pipe)
         print(predicted[0].medseg, predicted[0].peer_stats, predicted_note)
     finally:

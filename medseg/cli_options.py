@@ -124,7 +124,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, per_fold: bool = Fals
     parser.add_argument("--lr", type=_positive(float), default=None, help="initial learning rate")
     parser.add_argument("--optimizer", default=None, choices=("adamw", "sgd"))
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="float16 mixed precision on GPU (default: on)")
+                        help="mixed precision (default: on): float16 on a GPU, bfloat16 on a CPU with native bfloat16 "
+                             "(AVX512-BF16 or AMX), else float32")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="data loader processes (default 1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -11,7 +11,7 @@ the kernel), whose output is the ``k``-sized kernel grid. oneDNN runs that forwa
 as the layer's own forward.
 
 Inside :func:`fast_weight_gradients`, a 3D ``conv`` call that trains its weight on the CPU in
-float32, with stride 1, no dilation, one group and numeric padding, over an image of at least
+float32 (outside autocast: under :class:`torch.autocast` oneDNN's own bfloat16 backward is faster), with stride 1, no dilation, one group and numeric padding, over an image of at least
 :data:`MIN_VOXELS` voxels and :data:`MIN_CHANNELS` channels, keeps its forward and input gradient
 (oneDNN's) and takes its weight gradient from that forward convolution. The gradients are the
 same sums in another order (equal to float rounding, tested). Per level of the hippocampus U-Net
@@ -80,8 +80,8 @@ class _Convolution(torch.autograd.Function):
 
 def _route(func, args: tuple, kwargs: dict) -> torch.Tensor | None:
     dims = _CONVS.get(func)
-    if dims is None or torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return None
+    if dims is None or torch.compiler.is_compiling() or not torch.is_grad_enabled() or _cpu_autocast():
+        return None  # under autocast the convolution runs in bfloat16 or float16: oneDNN's own backward
     a = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, **dict(zip(_NAMES, args)), **kwargs}
     x, weight = a["input"], a["weight"]
     if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and weight.requires_grad
@@ -91,6 +91,13 @@ def _route(func, args: tuple, kwargs: dict) -> torch.Tensor | None:
             and math.prod(x.shape[2:]) >= MIN_VOXELS and x.shape[1] >= MIN_CHANNELS):
         return None
     return _Convolution.apply(x, weight, a["bias"], _tuple(a["padding"], dims))
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 class _FastWeightGradients(TorchFunctionMode):

@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, random_states, save_checkpoint, set_ran
 from .kernels import fast_weight_gradients
 from .logs import RunLog
 
-__all__ = ["Batches", "TrainingConfig", "train"]
+__all__ = ["Batches", "TrainingConfig", "cpu_bfloat16", "training_precision", "train"]
 
 Batch = dict[str, torch.Tensor]
 Batches = Iterator[Batch] | Callable[[int], Iterator[Batch]]
@@ -47,7 +47,10 @@ class TrainingConfig:
         learning_rate: initial learning rate (default 2e-3 for AdamW, 1e-2 for SGD).
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         seed: seeds the network initialisation and the patch stream.
-        amp: float16 autocast where a GPU is used.
+        amp: mixed precision: float16 autocast with a gradient scaler on a GPU; bfloat16
+            autocast on a CPU that runs bfloat16 natively (:func:`cpu_bfloat16`: AVX512-BF16 or
+            AMX; 2 to 2.5x per step there), float32 on other CPUs. The weights and the optimiser
+            stay float32. A resumed run keeps the precision it began with.
         workers: data loader processes.
         augmentation: augmentation preset: ``"auto"`` (``"2d"`` or ``"3d"`` by the network),
             ``"2d"``, ``"3d"``, ``"natural"`` or ``"none"``; or ``{"preset": name, **fields}``
@@ -86,6 +89,27 @@ class TrainingConfig:
         return asdict(self)
 
 
+def cpu_bfloat16() -> bool:
+    """Whether this CPU's oneDNN runs bfloat16 natively (AVX512-BF16 or AMX), where bfloat16
+    autocast trains convolutions 2 to 2.5x faster than float32 (without it, it is emulated and
+    slower)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the query
+        return False
+
+
+def training_precision(device: torch.device | str, amp: bool = True) -> str:
+    """The precision :func:`train` autocasts to on ``device``: ``"float16"`` (a GPU),
+    ``"bfloat16"`` (a CPU with :func:`cpu_bfloat16`) or ``"float32"`` (no autocast)."""
+    kind = torch.device(device).type
+    if not amp:
+        return "float32"
+    if kind == "cuda":
+        return "float16"
+    return "bfloat16" if kind == "cpu" and cpu_bfloat16() else "float32"
+
+
 def _optimizer(network: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(network.parameters(), lr=config.lr, momentum=0.99, nesterov=True,
@@ -112,8 +136,7 @@ class _Steps:
         self.network, self.loss, self.device = network, loss, device
         self.model = _distributed_model(network, device)
         self.optimizer = _optimizer(network, config)
-        self.amp = config.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self._use_precision(training_precision(device, config.amp))
         self.average = (AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
                         if config.ema else None)
 
@@ -123,8 +146,8 @@ class _Steps:
             group["lr"] = lr
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         batch["label"] = batch["label"].long()
-        with fast_weight_gradients(self.device.type == "cpu"):
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with fast_weight_gradients(self.device.type == "cpu"):  # declines convolutions under autocast
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 value = _step_loss(self.model, self.network, self.loss, batch)
             finite = distributed.all_true(torch.isfinite(value.detach()))  # all ranks step, or none
             self.optimizer.zero_grad(set_to_none=True)
@@ -158,13 +181,26 @@ class _Steps:
         if self.average is not None and int(self.average.n_averaged):
             self.network.load_state_dict(self.average.module.state_dict())
 
+    def _use_precision(self, precision: str) -> None:
+        self.precision = precision
+        self.dtype = None if precision == "float32" else getattr(torch, precision)
+        self.amp = precision == "float16" and self.device.type == "cuda"  # a gradient scaler
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
     def state(self) -> dict[str, Any]:
-        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "precision": self.precision}
         if self.average is not None:
             state["ema"] = self.average.state_dict()
         return state
 
     def load(self, state: dict[str, Any]) -> None:
+        # checkpoints from before "precision" was saved: float16 where a scaler was kept, else float32
+        saved = state.get("precision") or ("float16" if state.get("scaler") else "float32")
+        if saved != self.precision:
+            log.warning("resuming in %s, the precision the run began with (a new run here would train in %s)",
+                        saved, self.precision)
+            self._use_precision(saved)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.average is not None and "ema" in state:  # else it starts again at the next step
             self.average.load_state_dict(state["ema"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.training import TrainingConfig, load_checkpoint, save_checkpoint, train, trainer
+from medseg.training import TrainingConfig, load_checkpoint, precision, save_checkpoint, train
 from medseg.training.kernels import fast_weight_gradients
 
 
@@ -36,15 +36,15 @@ class _Watched(torch.nn.Module):
 
 
 def _native(monkeypatch, native: bool) -> None:
-    monkeypatch.setattr(trainer, "cpu_bfloat16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_bfloat16", lambda: native)
 
 
 def test_training_precision_by_device_and_cpu(monkeypatch):
     _native(monkeypatch, True)
-    assert [trainer.training_precision(d) for d in ("cpu", "cuda", "cuda:1")] == ["bfloat16", "float16", "float16"]
-    assert trainer.training_precision("cpu", amp=False) == trainer.training_precision("cuda", amp=False) == "float32"
+    assert [precision.training_precision(d) for d in ("cpu", "cuda", "cuda:1")] == ["bfloat16", "float16", "float16"]
+    assert precision.training_precision("cpu", amp=False) == precision.training_precision("cuda", amp=False) == "float32"
     _native(monkeypatch, False)
-    assert trainer.training_precision("cpu") == "float32"
+    assert precision.training_precision("cpu") == "float32"
 
 
 @pytest.mark.parametrize(("native", "amp", "expected"), [(True, True, torch.bfloat16), (False, True, torch.float32),

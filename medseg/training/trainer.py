@@ -25,8 +25,9 @@ from . import distributed
 from .checkpoint import load_checkpoint, random_states, save_checkpoint, set_random_states
 from .kernels import fast_weight_gradients
 from .logs import RunLog
+from .precision import training_precision
 
-__all__ = ["Batches", "TrainingConfig", "cpu_bfloat16", "training_precision", "train"]
+__all__ = ["Batches", "TrainingConfig", "train"]
 
 Batch = dict[str, torch.Tensor]
 Batches = Iterator[Batch] | Callable[[int], Iterator[Batch]]
@@ -48,7 +49,7 @@ class TrainingConfig:
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         seed: seeds the network initialisation and the patch stream.
         amp: mixed precision: float16 autocast with a gradient scaler on a GPU; bfloat16
-            autocast on a CPU that runs bfloat16 natively (:func:`cpu_bfloat16`: AVX512-BF16 or
+            autocast on a CPU that runs bfloat16 natively (:func:`~medseg.training.precision.cpu_bfloat16`: AVX512-BF16 or
             AMX; 2 to 2.5x per step there), float32 on other CPUs. The weights and the optimiser
             stay float32. A resumed run keeps the precision it began with.
         workers: data loader processes.
@@ -87,27 +88,6 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def cpu_bfloat16() -> bool:
-    """Whether this CPU's oneDNN runs bfloat16 natively (AVX512-BF16 or AMX), where bfloat16
-    autocast trains convolutions 2 to 2.5x faster than float32 (without it, it is emulated and
-    slower)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without the query
-        return False
-
-
-def training_precision(device: torch.device | str, amp: bool = True) -> str:
-    """The precision :func:`train` autocasts to on ``device``: ``"float16"`` (a GPU),
-    ``"bfloat16"`` (a CPU with :func:`cpu_bfloat16`) or ``"float32"`` (no autocast)."""
-    kind = torch.device(device).type
-    if not amp:
-        return "float32"
-    if kind == "cuda":
-        return "float16"
-    return "bfloat16" if kind == "cpu" and cpu_bfloat16() else "float32"
 
 
 def _optimizer(network: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:

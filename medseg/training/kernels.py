@@ -11,7 +11,8 @@ the kernel), whose output is the ``k``-sized kernel grid. oneDNN runs that forwa
 as the layer's own forward.
 
 Inside :func:`fast_weight_gradients`, a 3D ``conv`` call that trains its weight on the CPU in
-float32 (outside autocast: under :class:`torch.autocast` oneDNN's own bfloat16 backward is faster), with stride 1, no dilation, one group and numeric padding, over an image of at least
+float32 (not under :class:`torch.autocast`, where oneDNN's bfloat16 backward is faster), with
+stride 1, no dilation, one group and numeric padding, over an image of at least
 :data:`MIN_VOXELS` voxels and :data:`MIN_CHANNELS` channels, keeps its forward and input gradient
 (oneDNN's) and takes its weight gradient from that forward convolution. The gradients are the
 same sums in another order (equal to float rounding, tested). Per level of the hippocampus U-Net

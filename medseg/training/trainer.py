@@ -49,9 +49,10 @@ class TrainingConfig:
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         seed: seeds the network initialisation and the patch stream.
         amp: mixed precision: float16 autocast with a gradient scaler on a GPU; bfloat16
-            autocast on a CPU that runs bfloat16 natively (:func:`~medseg.training.precision.cpu_bfloat16`: AVX512-BF16 or
-            AMX; 2 to 2.5x per step there), float32 on other CPUs. The weights and the optimiser
-            stay float32. A resumed run keeps the precision it began with.
+            autocast on a CPU that runs bfloat16 natively (AVX512-BF16 or AMX, see
+            :func:`~medseg.training.precision.cpu_bfloat16`; 2 to 2.5x per step there), float32 on
+            other CPUs. The weights and the optimiser stay float32. A resumed run keeps the
+            precision it began with.
         workers: data loader processes.
         augmentation: augmentation preset: ``"auto"`` (``"2d"`` or ``"3d"`` by the network),
             ``"2d"``, ``"3d"``, ``"natural"`` or ``"none"``; or ``{"preset": name, **fields}``

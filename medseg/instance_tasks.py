@@ -192,7 +192,7 @@ class InstanceTasks:
         """After each epoch: the mean Dice (semantic, border-core), or Mask R-CNN's mean matching
         accuracy at IoU 0.5 on the preprocessed grid."""
         if self.instance_target != "instances":
-            return self._validation_dice(cases, val_ids)
+            return self.validation_dice(cases, val_ids)
         from .evaluation.instance_scores import instance_scores
 
         values = []

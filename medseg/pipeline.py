@@ -122,7 +122,11 @@ class Pipeline(InstanceTasks, Predicting):
         self.ensemble: list[nn.Module] = []  # extra fold networks averaged with `network`
 
     # -- construction -----------------------------------------------------------------------
-    def _default_steps(self) -> list[Step]:
+    def default_steps(self) -> list[Step]:
+        """The preprocessing the plan implies, unfitted: crop to the foreground, resample to the
+        target spacing (keeping the slice axis of a 2D plan on 3D data), normalise (CT or z-score),
+        pad to the patch; photographs are normalised and padded only (the padding's label ignored
+        where the labels have an ignore value)."""
         if self.plan.normalization == "imagenet":  # photographs: pixels as they are (no crop, no resampling)
             return [RGBNormalize(), Pad(min_shape=self.sampler.data_patch(self.data_dims), label_fill=IGNORE_INDEX if self.plan.label_spec.ignore is not None else 0)]  # noqa: E501 - padding is not a class
         normalize: Step = CTNormalize() if self.plan.normalization == "ct" else ZScore()
@@ -130,7 +134,7 @@ class Pipeline(InstanceTasks, Predicting):
                 Pad(min_shape=self.sampler.data_patch(self.data_dims))]
 
     def _fit_steps(self, steps: Sequence[Step] | None) -> list[Step]:
-        steps = list(steps) if steps is not None else self._default_steps()
+        steps = list(steps) if steps is not None else self.default_steps()
         if self.fingerprint is None:
             return steps
         return [step.fit(self.fingerprint) for step in steps]
@@ -252,7 +256,7 @@ class Pipeline(InstanceTasks, Predicting):
         stream = PatchStream(
             cases, train_ids, self.sampler, batch_size=distributed.local_batch(self.plan.batch_size, world),
             augmentation=self.training_augmentation(config.augmentation),
-            precompute=self._precompute(), num_classes=self._stream_classes, spacing=self._patch_spacing(),
+            precompute=self.loss_precompute(), num_classes=self._stream_classes, spacing=self._patch_spacing(),
             seed=config.seed, rank=world.rank,
         )
         def batches(start: int):  # batch i depends on (seed, i, rank) only: a resumed run continues at its batch
@@ -290,7 +294,9 @@ class Pipeline(InstanceTasks, Predicting):
                 changes["rotation"] = min(create_augmentation(changes["preset"]).rotation, 30.0)
         return create_augmentation(changes)
 
-    def _precompute(self):
+    def loss_precompute(self):
+        """What the loss asks the loader to compute per patch (the distance maps of the boundary
+        and Hausdorff losses), as the loader calls it, or ``None`` where the loss needs nothing."""
         precompute = getattr(self.loss, "precompute", None)
         if precompute is None:
             return None

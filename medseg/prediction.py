@@ -217,9 +217,10 @@ class Predicting:
                 for case in case_ids}
 
     # -- on the validation cases (Pipeline.fit) ----------------------------------------------------
-    def _validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
-        """Mean over the cases of their mean Dice, on the preprocessed grid (the epochs' score).
-        Under ``torchrun`` each process scores its share of the cases (each case once)."""
+    def validation_dice(self, cases: PreprocessedCases, val_ids: Sequence[str]) -> float:
+        """Mean over the cases of their mean Dice, on the preprocessed grid (the epochs' score:
+        :meth:`fit` calls it after each epoch on the validation cases). Under ``torchrun`` each
+        process scores its share of the cases (each case once)."""
         spec, scores, world = self.plan.label_spec, [], distributed.current_world()
         for case in shard(list(val_ids), world.rank, world.size):
             probabilities, reference = self.predict_probabilities(np.asarray(cases.image(case))), np.asarray(cases.label(case))

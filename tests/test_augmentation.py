@@ -125,3 +125,77 @@ def test_a_settings_mapping_changes_fields_of_a_preset():
     assert none.p_flip == 0.5 and none.p_affine == 0.0 and none.p_noise == 0.0
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['p_flips'\]"):
         create_augmentation({"p_flips": 0.0})
+
+
+# nnU-Net's blur, contrast and low-resolution augmentations (off in every preset)
+
+ONLY_OFF = dict(p_affine=0.0, p_flip=0.0, p_noise=0.0, p_intensity=0.0, p_gamma=0.0)
+
+
+def test_presets_without_the_nnunet_intensity_draws_draw_what_they_drew_before() -> None:
+    # recorded with medseg 25aafdc, before blur, contrast and low resolution existed: a resumed
+    # run's patch stream must not change
+    from medseg.sampling import AUGMENTATIONS
+
+    rng = np.random.default_rng(7)
+    draws = [AUGMENTATIONS["2d"].draw(rng, 2) for _ in range(3)]
+    draws += [AUGMENTATIONS["3d"].draw(rng, 3, (1, 1, 4)) for _ in range(3)]
+    assert draws[:3] == [{"flip": []}, {"flip": [0]}, {"flip": [0, 1]}]
+    assert draws[3]["flip"] == [2] and draws[3]["noise_seed"] == 2083627519
+    assert draws[3]["rotate"] == pytest.approx([0.0, 0.0, 0.11785119800735194], abs=1e-15)
+    assert draws[4]["gamma"] == pytest.approx(1.3640381838413964, abs=1e-15)
+    assert draws[5] == {"flip": [0, 1]}
+    assert rng.random() == pytest.approx(0.09149560506304566, abs=1e-15)
+
+
+def test_contrast_stretches_about_the_mean_within_the_former_range() -> None:
+    image = np.array([[[0.0, 1.0], [2.0, 5.0]], [[1.0, 1.0], [3.0, 3.0]]], np.float32)
+    out, _ = Augmentation(**ONLY_OFF).apply(image, np.zeros((2, 2), np.int8), {"flip": [], "contrast": 1.25}, (2, 2))
+    # channel 0: mean 2 -> -0.5, 0.75, 2, 5.75, clipped to [0, 5]; channel 1: mean 2 -> 0.75, 3.25 clipped to [1, 3]
+    np.testing.assert_allclose(out, [[[0.0, 0.75], [2.0, 5.0]], [[1.0, 1.0], [3.0, 3.0]]], atol=1e-6)
+
+
+def test_blur_is_scipys_gaussian_on_the_chosen_channels_and_none_along_a_thick_axis() -> None:
+    from scipy import ndimage
+
+    aug = Augmentation(**ONLY_OFF, p_blur=1.0)
+    image = np.random.default_rng(0).normal(size=(3, 12, 10, 6)).astype(np.float32)
+    label = np.zeros((12, 10, 6), np.int8)
+    params = aug.draw(np.random.default_rng(1), 3, (0.6, 0.6, 3.6))
+    assert 0.5 <= params["blur"] <= 1.0 and params["in_plane_of"] == 2
+    out, _ = aug.apply(image, label, params, (12, 10, 6))
+    changed = [c for c in range(3) if not np.array_equal(out[c], image[c])]
+    assert changed  # at least one channel
+    for c in range(3):
+        expected = ndimage.gaussian_filter(image[c], (params["blur"], params["blur"], 0.0), mode="nearest") if c in changed else image[c]
+        np.testing.assert_allclose(out[c], expected, atol=1e-6)
+        # no blur across slices: each slice is the 2D blur of itself
+        if c in changed:
+            np.testing.assert_allclose(out[c][..., 3], ndimage.gaussian_filter(image[c][..., 3], params["blur"], mode="nearest"), atol=1e-6)
+
+
+def test_low_resolution_is_nearest_down_and_linear_up() -> None:
+    from scipy import ndimage
+
+    aug = Augmentation(**ONLY_OFF, p_lowres=1.0)
+    image = np.random.default_rng(0).normal(size=(1, 16, 12)).astype(np.float32)
+    params = {"flip": [], "lowres": 0.5, "lowres_channels": 0}
+    out, _ = aug.apply(image, np.zeros((16, 12), np.int8), params, (16, 12))
+    # halving picks the second pixel of every 2x2 block (nearest-exact: source centre 2i + 1);
+    # scipy's linear zoom on the pixel grid (grid_mode) undoes it as torch's bilinear does
+    small = image[0, 1::2, 1::2]
+    expected = ndimage.zoom(small, 2, order=1, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(out[0], expected, atol=1e-5)
+    assert not np.allclose(out[0], image[0])
+
+
+def test_a_settings_mapping_turns_on_nnunets_intensity_augmentations() -> None:
+    from medseg.sampling import create_augmentation
+
+    aug = create_augmentation({"preset": "2d", "p_blur": 0.2, "p_contrast": 0.15, "p_lowres": 0.25, "lowres_zoom": [0.5, 1]})
+    assert (aug.rotation, aug.p_blur, aug.p_contrast, aug.p_lowres, aug.lowres_zoom) == (180.0, 0.2, 0.15, 0.25, (0.5, 1.0))
+    rng = np.random.default_rng(0)
+    draws = [aug.draw(rng, 2) for _ in range(2000)]
+    for key, p in (("blur", 0.2), ("contrast", 0.15), ("lowres", 0.25)):
+        share = np.mean([key in d for d in draws])
+        assert abs(share - p) < 0.03, (key, share)

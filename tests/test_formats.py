@@ -284,4 +284,4 @@ def test_natural_images_pad_labels_with_the_ignore_index(built):
 
     pipe = Pipeline(open_dataset(built[1]["voc"]))
     assert pipe.plan.normalization == "imagenet" and pipe.plan.label_spec.ignore == 255
-    assert pipe._default_steps()[-1].config()["label_fill"] == IGNORE_INDEX
+    assert pipe.default_steps()[-1].config()["label_fill"] == IGNORE_INDEX

@@ -106,8 +106,8 @@ def test_fit_on_a_cuda_device_string_pins_memory_and_tunes_cudnn(disks, tmp_path
     pipe = medseg.Pipeline(FolderDataset(disks), architecture=UNet(2, 1, 2, features=(4, 8)), device="cuda:0",
                            sampler=medseg.sampling.PatchSampler(patch_size=(32, 32)),
                            training=TrainingConfig(workers=0))
-    real = pipe._validation_dice
-    monkeypatch.setattr(pipe, "_validation_dice", lambda *a: benchmark.append(torch.backends.cudnn.benchmark) or real(*a))
+    real = pipe.validation_dice
+    monkeypatch.setattr(pipe, "validation_dice", lambda *a: benchmark.append(torch.backends.cudnn.benchmark) or real(*a))
     history = pipe.fit(epochs=1, iterations_per_epoch=2, output_dir=tmp_path / "run")
     assert pins == [True] and benchmark == [True]
     assert np.isfinite(history[0]["loss"]) and (tmp_path / "run" / "log.csv").is_file()

@@ -107,7 +107,7 @@ def test_a_killed_pipeline_run_resumes_to_the_same_curve(disks, tmp_path, monkey
     whole = _pipeline(data).fit(**split, epochs=4, iterations_per_epoch=3, output_dir=tmp_path / "a")
 
     killed = _pipeline(data)
-    real = killed._validation_dice
+    real = killed.validation_dice
     calls = itertools.count(1)
 
     def validation(*args):
@@ -115,7 +115,7 @@ def test_a_killed_pipeline_run_resumes_to_the_same_curve(disks, tmp_path, monkey
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(killed, "_validation_dice", validation)
+    monkeypatch.setattr(killed, "validation_dice", validation)
     with pytest.raises(KeyboardInterrupt):
         killed.fit(**split, epochs=4, iterations_per_epoch=3, output_dir=tmp_path / "b")
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["batch"] == 6

@@ -29,7 +29,7 @@ def test_every_loss_trains_a_step(disks, name):
     pipe = medseg.Pipeline(data, loss=name, device="cpu",
                            architecture=medseg.architectures.UNet(2, 1, outputs, features=(4, 8)),
                            training=medseg.TrainingConfig(workers=0))
-    extras = pipe._precompute()
+    extras = pipe.loss_precompute()
     if name in ("boundary", "hausdorff", "dpce", "dice+boundary"):
         assert extras is not None  # distance maps come from the loader, not the step
     history = pipe.fit(epochs=1, iterations_per_epoch=2, val_fraction=0)

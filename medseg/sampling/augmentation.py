@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import Affine
 from monai.transforms.utils import create_rotate, create_scale
+from scipy import ndimage
 
 from ..errors import look_up_option
 from ..instances.encoding import label_dtype
@@ -44,6 +46,17 @@ class Augmentation:
         gamma: range of gamma.
         flip_axes: the patch axes that may be mirrored (0-based); ``None``: every axis. Every
             axis still draws its chance, so the other draws do not depend on it.
+        p_blur: chance of a Gaussian blur, sigma in ``blur_sigma`` voxels (in-plane only on
+            anisotropic data), per channel with chance 1/2 (nnU-Net's rule).
+        p_contrast: chance of a contrast change: ``(x - mean) * factor + mean``, ``factor`` in
+            ``contrast``, clipped to the channel's former range.
+        p_lowres: chance of simulated low resolution: each channel (chance 1/2) downsampled by a
+            factor in ``lowres_zoom`` (nearest) and upsampled back (linear); in-plane only on
+            anisotropic data.
+
+    The last three are nnU-Net's and start off (their chance is 0), so a preset that leaves them
+    off draws what it drew before they existed; ``{"preset": "2d", "p_blur": 0.2, "p_contrast":
+    0.15, "p_lowres": 0.25}`` turns them on at nnU-Net's rates.
     """
 
     p_affine: float = 0.2
@@ -57,6 +70,12 @@ class Augmentation:
     p_gamma: float = 0.15
     gamma: tuple[float, float] = (0.7, 1.5)
     flip_axes: tuple[int, ...] | None = None
+    p_blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_contrast: float = 0.0
+    contrast: tuple[float, float] = (0.75, 1.25)
+    p_lowres: float = 0.0
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)
 
     @property
     def margin(self) -> float:
@@ -93,6 +112,17 @@ class Augmentation:
             params["brightness"] = float(rng.uniform(*self.brightness))
         if rng.random() < self.p_gamma:
             params["gamma"] = float(rng.uniform(*self.gamma))
+        # drawn only where switched on, so the draws of a preset without them stay as they were
+        if self.p_blur and rng.random() < self.p_blur:
+            params["blur"] = float(rng.uniform(*self.blur_sigma))
+            params["blur_channels"] = int(rng.integers(2**31))
+        if self.p_contrast and rng.random() < self.p_contrast:
+            params["contrast"] = float(rng.uniform(*self.contrast))
+        if self.p_lowres and rng.random() < self.p_lowres:
+            params["lowres"] = float(rng.uniform(*self.lowres_zoom))
+            params["lowres_channels"] = int(rng.integers(2**31))
+        if ("blur" in params or "lowres" in params) and spatial_dims == 3:
+            params["in_plane_of"] = _thick_axis(spacing)
         return params
 
     def apply(
@@ -113,8 +143,14 @@ class Augmentation:
             image, label = np.flip(image, axis + 1), np.flip(label, axis)
         if "noise_std" in params:
             image = image + np.random.default_rng(params["noise_seed"]).normal(0, params["noise_std"], image.shape).astype(np.float32)
+        if "blur" in params:
+            image = _per_channel(image, params["blur_channels"], lambda c: _blur(c, params["blur"], params.get("in_plane_of")))
         if "brightness" in params:
             image = image * params["brightness"]
+        if "contrast" in params:
+            image = _contrast(image, params["contrast"])
+        if "lowres" in params:
+            image = _per_channel(image, params["lowres_channels"], lambda c: _low_resolution(c, params["lowres"], params.get("in_plane_of")))
         if "gamma" in params:
             low, high = image.min(), image.max()
             span = max(float(high - low), 1e-8)
@@ -140,6 +176,44 @@ class Augmentation:
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _per_channel(image: np.ndarray, seed: int, change: Any) -> np.ndarray:
+    """``image`` with ``change`` applied to each channel with chance 1/2 (at least one channel)."""
+    chosen = np.random.default_rng(seed).random(image.shape[0]) < 0.5
+    if not chosen.any():
+        chosen[np.random.default_rng(seed + 1).integers(image.shape[0])] = True
+    out = image.copy()
+    for c in np.flatnonzero(chosen):
+        out[c] = change(image[c])
+    return out
+
+
+def _blur(channel: np.ndarray, sigma: float, thick: int | None) -> np.ndarray:
+    """A Gaussian blur of ``sigma`` voxels, none along the thick axis of an anisotropic patch."""
+    sigmas = [0.0 if a == thick else sigma for a in range(channel.ndim)]
+    return ndimage.gaussian_filter(channel, sigmas, mode="nearest").astype(np.float32, copy=False)
+
+
+def _contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """Each channel stretched about its mean by ``factor``, kept within its former range."""
+    axes = tuple(range(1, image.ndim))
+    mean = image.mean(axis=axes, keepdims=True)
+    low, high = image.min(axis=axes, keepdims=True), image.max(axis=axes, keepdims=True)
+    return np.clip((image - mean) * factor + mean, low, high)
+
+
+def _low_resolution(channel: np.ndarray, zoom: float, thick: int | None) -> np.ndarray:
+    """``channel`` downsampled by ``zoom`` (nearest) and upsampled back (linear), as a scan
+    taken at a coarser resolution looks; the thick axis of an anisotropic patch is kept."""
+    shape = channel.shape
+    small = tuple(s if a == thick else max(1, round(s * zoom)) for a, s in enumerate(shape))
+    if small == shape:
+        return channel
+    x = torch.from_numpy(np.ascontiguousarray(channel))[None, None]
+    x = F.interpolate(x, size=small, mode="nearest-exact")
+    x = F.interpolate(x, size=shape, mode="bilinear" if channel.ndim == 2 else "trilinear", align_corners=False)
+    return x[0, 0].numpy()
 
 
 def _field_value(name: str, value: Any) -> Any:

@@ -17,13 +17,17 @@ from .inference import InferenceConfig
 from .io import Dataset, atomic_path
 from .planning import Plan
 from .preprocessing import create_step
-from .sampling import PatchSampler
+from .sampling import Augmentation, PatchSampler, create_augmentation
 from .training import TrainingConfig, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ["load_pipeline", "save_pipeline", "write_config"]
+__all__ = ["load_pipeline", "run_augmentation", "save_pipeline", "write_config"]
+
+LATER_AUGMENTATION_FIELDS = ("p_blur", "p_contrast", "p_lowres")
+"""Augmentation fields that came after runs began to be saved without their augmentation: such a
+run trained with all three off."""
 
 
 def write_config(config: dict[str, Any], folder: Path) -> None:
@@ -39,6 +43,24 @@ def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
     save_checkpoint({"model": pipe.network.state_dict()}, folder / "model.pt")
     write_config(pipe.config(), folder)
     return folder
+
+
+def run_augmentation(asked: Augmentation, folder: Path | None, resume: bool) -> Augmentation:
+    """The augmentation a run trains with: ``asked``, except when it resumes the run in ``folder``
+    (a checkpoint is there): then the one that run began with, as its ``pipeline.json`` saved it, so
+    neither other settings nor other preset defaults of a later medseg change a run's patches
+    (a warning says so where they differ). A run saved before medseg kept its augmentation trained
+    with the later fields off."""
+    if not (resume and folder is not None and (folder / "checkpoint.pt").is_file() and (folder / "pipeline.json").is_file()):
+        return asked
+    saved = json.loads((folder / "pipeline.json").read_text()).get("patch_augmentation")
+    began = (create_augmentation(saved) if saved is not None else
+             create_augmentation({**asked.config(), **dict.fromkeys(LATER_AUGMENTATION_FIELDS, 0.0)}))
+    if began != asked:
+        changed = {k: (v, getattr(asked, k)) for k, v in began.config().items() if v != getattr(asked, k)}
+        warnings.warn(f"{folder}: the run continues with the augmentation it began with; these fields would differ "
+                      f"now (began, asked): {changed}", stacklevel=3)
+    return began
 
 
 def _finished_folds(folder: Path) -> list[Path]:
@@ -108,6 +130,8 @@ def load_pipeline(
         pipe.network.load_state_dict(load_checkpoint(found)["model"])
     pipe.network.to(pipe.device)
     pipe.split, pipe.history = config.get("split", {}), config.get("history", [])
+    if config.get("patch_augmentation") is not None:
+        pipe.patch_augmentation = create_augmentation(config["patch_augmentation"])
     pipe.ensemble.extend(exported[1:])  # an exported fold ensemble
     if loss is None and isinstance(pipe.loss, _UnsavedLoss):
         pipe.loss_spec = config["loss"]  # saved again as it came

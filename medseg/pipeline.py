@@ -20,7 +20,7 @@ from .evaluation.splits import split_validation
 from .inference import InferenceConfig
 from .instance_tasks import InstanceTasks
 from .io import IGNORE_INDEX, Dataset, open_dataset
-from .persistence import load_pipeline, save_pipeline, write_config
+from .persistence import load_pipeline, run_augmentation, save_pipeline, write_config
 from .planning import Plan, fingerprint_dataset, plan_dataset
 from .prediction import Predicting
 from .preprocessing import CropForeground, CTNormalize, Pad, Resample, RGBNormalize, Step, ZScore
@@ -120,6 +120,7 @@ class Pipeline(InstanceTasks, Predicting):
         self.history: list[dict[str, float]] = []
         self.split: dict[str, list[str]] = {}
         self.ensemble: list[nn.Module] = []  # extra fold networks averaged with `network`
+        self.patch_augmentation: Augmentation | None = None  # what the last fit trained with, all fields
 
     # -- construction -----------------------------------------------------------------------
     def default_steps(self) -> list[Step]:
@@ -253,18 +254,18 @@ class Pipeline(InstanceTasks, Predicting):
             cases.build(shard([*train_ids, *val_ids], world.rank, world.size))
             distributed.barrier(timeout=max(distributed.timeout_seconds(), 3600.0))
         cases = cases.build([*train_ids, *val_ids])
+        output = Path(output_dir) if output_dir is not None else None
+        self.patch_augmentation = run_augmentation(self.training_augmentation(config.augmentation), output, resume)
         stream = PatchStream(
             cases, train_ids, self.sampler, batch_size=distributed.local_batch(self.plan.batch_size, world),
-            augmentation=self.training_augmentation(config.augmentation),
+            augmentation=self.patch_augmentation,
             precompute=self.loss_precompute(), num_classes=self._stream_classes, spacing=self._patch_spacing(),
-            seed=config.seed, rank=world.rank,
-        )
+            seed=config.seed, rank=world.rank)
         def batches(start: int):  # batch i depends on (seed, i, rank) only: a resumed run continues at its batch
             return iter(make_loader(stream, workers=config.workers, device=device, start_batch=start))
-        output = Path(output_dir) if output_dir is not None else None
         if output is not None and world.is_main:
             output.mkdir(parents=True, exist_ok=True)
-            self._write_config(output)
+            write_config(self.config(), output)
         validate = (lambda: self._validation_score(cases, val_ids[:50])) if val_ids else None
         self.history = train(
             self.network, self.loss, batches, config=config,
@@ -354,13 +355,11 @@ class Pipeline(InstanceTasks, Predicting):
             "architecture": self.architecture_spec,
             "loss": self.loss_spec if self.loss_spec is not None else {"custom": type(self.loss).__qualname__},
             "training": self.training.to_dict(),
+            "patch_augmentation": None if self.patch_augmentation is None else self.patch_augmentation.config(),
             "inference": self.inference.to_dict(),
             "split": self.split,
             "history": self.history,
         }
-
-    def _write_config(self, folder: Path) -> None:
-        write_config(self.config(), folder)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``pipeline.json`` and ``model.pt`` (weights only) into ``folder``."""

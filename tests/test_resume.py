@@ -128,6 +128,54 @@ def test_a_killed_pipeline_run_resumes_to_the_same_curve(disks, tmp_path, monkey
     assert len((tmp_path / "b" / "log.csv").read_text().splitlines()) == 5
 
 
+# -- the augmentation a run began with ---------------------------------------------------------------
+
+def test_a_run_saves_its_augmentation_and_a_resumed_run_keeps_it(disks, tmp_path, monkeypatch):
+    import dataclasses
+
+    from medseg.sampling import AUGMENTATIONS
+
+    data = FolderDataset(disks)
+    split = {"train_ids": data.case_ids[:8], "val_ids": data.case_ids[8:]}
+    pipe = _pipeline(data)
+    pipe.fit(**split, epochs=1, iterations_per_epoch=2, output_dir=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "pipeline.json").read_text())["patch_augmentation"]
+    assert saved["rotation"] == 180.0 and saved["p_affine"] == 0.3 and saved["p_blur"] == 0.0  # the 2d preset
+    assert medseg.Pipeline.load(tmp_path / "run", data).patch_augmentation == pipe.patch_augmentation
+
+    # a later medseg whose 2d preset blurs: the resumed run keeps what it began with, and says so
+    monkeypatch.setitem(AUGMENTATIONS, "2d", dataclasses.replace(AUGMENTATIONS["2d"], p_blur=0.2))
+    resumed = _pipeline(data)
+    with pytest.warns(UserWarning, match=r"continues with the augmentation it began with.*'p_blur': \(0.0, 0.2\)"):
+        history = resumed.fit(**split, epochs=2, iterations_per_epoch=2, output_dir=tmp_path / "run", resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert resumed.patch_augmentation == pipe.patch_augmentation and resumed.patch_augmentation.p_blur == 0.0
+    # a new run gets the new preset
+    fresh = _pipeline(data)
+    fresh.fit(**split, epochs=1, iterations_per_epoch=1, output_dir=tmp_path / "new")
+    assert fresh.patch_augmentation.p_blur == 0.2
+
+
+def test_a_run_saved_before_augmentations_were_kept_resumes_without_the_later_fields(disks, tmp_path, monkeypatch):
+    import dataclasses
+
+    from medseg.sampling import AUGMENTATIONS
+
+    data = FolderDataset(disks)
+    split = {"train_ids": data.case_ids[:8], "val_ids": data.case_ids[8:]}
+    _pipeline(data).fit(**split, epochs=1, iterations_per_epoch=2, output_dir=tmp_path / "run")
+    path = tmp_path / "run" / "pipeline.json"
+    config = json.loads(path.read_text())
+    del config["patch_augmentation"]  # as medseg 25aafdc wrote it
+    path.write_text(json.dumps(config))
+    monkeypatch.setitem(AUGMENTATIONS, "2d", dataclasses.replace(AUGMENTATIONS["2d"], p_contrast=0.15, p_lowres=0.25))
+    resumed = _pipeline(data)
+    with pytest.warns(UserWarning, match="continues with the augmentation it began with"):
+        resumed.fit(**split, epochs=2, iterations_per_epoch=2, output_dir=tmp_path / "run", resume=True)
+    began = resumed.patch_augmentation
+    assert (began.p_contrast, began.p_lowres, began.rotation, began.p_affine) == (0.0, 0.0, 180.0, 0.3)
+
+
 # -- the patch stream ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

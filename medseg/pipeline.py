@@ -355,10 +355,11 @@ class Pipeline(InstanceTasks, Predicting):
             "architecture": self.architecture_spec,
             "loss": self.loss_spec if self.loss_spec is not None else {"custom": type(self.loss).__qualname__},
             "training": self.training.to_dict(),
-            "patch_augmentation": None if self.patch_augmentation is None else self.patch_augmentation.config(),
             "inference": self.inference.to_dict(),
             "split": self.split,
             "history": self.history,
+            # every field of the augmentation the last fit trained with (what a resumed run keeps)
+            **({} if self.patch_augmentation is None else {"patch_augmentation": self.patch_augmentation.config()}),
         }
 
     def save(self, folder: str | os.PathLike) -> Path:
